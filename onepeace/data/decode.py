@@ -1,0 +1,85 @@
+"""Decoding shard members, and the handler that skips (and counts) samples that fail to decode.
+
+Only the member types of docs/data_format.md are ever decoded: pickle, .pth and the like in a
+shard are ignored, so a shard from elsewhere cannot run code in a training job.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import numpy as np
+import soundfile as sf
+from PIL import Image, ImageFile
+
+from onepeace.data.formats import task_members
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+log = logging.getLogger("onepeace.data")
+
+
+class BadSample(ValueError):
+    """A sample that cannot be used; skipped and counted by :class:`SkipCounter`."""
+
+
+def decode_image(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:
+    wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    if rate != sample_rate:
+        raise BadSample(f"audio at {rate} Hz, expected {sample_rate} Hz (rebuild the shards with --sample-rate {sample_rate})")
+    return wave[:, 0] if wave.shape[1] == 1 else wave.mean(axis=1)
+
+
+def decode_text(data: bytes) -> str:
+    return data.decode("utf-8")
+
+
+def decode_meta(data: bytes) -> dict:
+    meta = json.loads(data)
+    if not isinstance(meta, dict) or not isinstance(meta.get("id"), str):
+        raise BadSample("KEY.json is not an object with a string 'id'")
+    return meta
+
+
+def decode_sample(sample: dict, kind: str, sample_rate: int) -> dict:
+    """The decoded members a task of ``kind`` needs: image (PIL), audio (float32), text, id, label."""
+    for ext in task_members(kind):
+        if ext not in sample:
+            raise BadSample(f"no .{ext} member")
+    meta = decode_meta(sample["json"])
+    out = {"id": meta["id"], "label": meta.get("label")}
+    try:
+        if "jpg" in sample and "jpg" in task_members(kind):
+            out["image"] = decode_image(sample["jpg"])
+        if "flac" in sample and "flac" in task_members(kind):
+            out["audio"] = decode_audio(sample["flac"], sample_rate)
+        if "txt" in task_members(kind):
+            out["text"] = decode_text(sample["txt"])
+    except BadSample:
+        raise
+    except Exception as exc:  # decoders raise many types on damaged bytes
+        raise BadSample(f"{type(exc).__name__}: {exc}") from None
+    return out
+
+
+class SkipCounter:
+    """Logs and counts what was skipped, then lets the stream go on (the webdataset handler contract)."""
+
+    def __init__(self, where: str, log_first: int = 10, log_every: int = 1000):
+        self.where = where
+        self.count = 0
+        self.log_first, self.log_every = log_first, log_every
+
+    def __call__(self, exc: BaseException, key: str | None = None, url: str | None = None) -> bool:
+        self.count += 1
+        if self.count <= self.log_first or self.count % self.log_every == 0:
+            at = " ".join(x for x in (url and f"in {url}", key and f"sample {key}") if x)
+            log.warning("%s: skipped a bad sample %s: %s (%d skipped so far)", self.where, at, exc, self.count)
+        return True
