@@ -1,0 +1,74 @@
+"""Collating transformed samples into the batch dicts of docs/data_format.md, masks included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onepeace.data.config import MaskConfig
+from onepeace.data.masking import block_keep, image_keeps, pad_keeps, text_keeps
+from onepeace.data.transforms import CLIP_MEAN, CLIP_STD
+from onepeace.model.adapters import audio_frame_count
+
+_SCALE = torch.tensor([1 / (255.0 * s) for s in CLIP_STD]).view(1, 3, 1, 1)
+_SHIFT = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]).view(1, 3, 1, 1)
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, S, S] -> CLIP-normalised float32, in one pass over a batch."""
+    return torch.addcmul(_SHIFT, images.float(), _SCALE)
+
+
+@dataclass(frozen=True)
+class CollateSpec:
+    kind: str
+    pad_id: int
+    word_start: np.ndarray  # per vocabulary id: does the piece start a word
+    num_patches: int
+    masks: MaskConfig
+
+
+def collate(samples: list[dict], spec: CollateSpec, rng: np.random.Generator) -> dict:
+    """One task batch from samples holding ``image`` (uint8 [3,S,S]), ``audio`` (float32 [n]),
+    ``tokens`` (int64 ids ending in EOS), ``id`` and ``label``."""
+    kind, m = spec.kind, spec.masks
+    paired = "-" in kind
+    batch: dict = {}
+    if "image" in kind:
+        batch["images"] = normalize_images(torch.stack([s["image"] for s in samples]))
+        keep, pair_keep = image_keeps(len(samples), spec.num_patches, m.image, m.pair_image, rng)
+        batch["image_keep"] = keep
+        if paired:
+            batch["pair_image_keep"] = pair_keep
+    if "audio" in kind:
+        lengths = torch.tensor([s["audio"].shape[0] for s in samples])
+        audio = torch.zeros(len(samples), int(lengths.max()))
+        for i, s in enumerate(samples):
+            audio[i, : s["audio"].shape[0]] = s["audio"]
+        batch["audio"] = audio
+        batch["audio_padding_mask"] = torch.arange(audio.shape[1])[None, :] >= lengths[:, None]
+        frames = audio_frame_count(lengths).tolist()
+        batch["audio_keep"] = pad_keeps([block_keep(f, m.audio, m.audio_span, rng) for f in frames])
+        if paired:
+            batch["pair_audio_keep"] = pad_keeps([block_keep(f, m.pair_audio, m.audio_span, rng) for f in frames])
+    if "text" in kind:
+        width = max(s["tokens"].size for s in samples)
+        tokens = np.full((len(samples), width), spec.pad_id, dtype=np.int64)
+        keeps, pair_keeps = [], []
+        for i, s in enumerate(samples):
+            ids = s["tokens"]
+            tokens[i, : ids.size] = ids
+            keep, pair_keep = text_keeps(spec.word_start[ids[:-1]], m.text, m.pair_text, rng)
+            keeps.append(keep)
+            pair_keeps.append(pair_keep)
+        batch["text_tokens"] = torch.from_numpy(tokens)
+        batch["text_padding_mask"] = batch["text_tokens"] == spec.pad_id
+        batch["text_keep"] = pad_keeps(keeps)
+        if paired:
+            batch["pair_text_keep"] = pad_keeps(pair_keeps)
+    batch["ids"] = [s["id"] for s in samples]
+    if any(s.get("label") is not None for s in samples):
+        batch["labels"] = [s.get("label") for s in samples]
+    return batch

@@ -1,0 +1,123 @@
+"""What the trainer calls: a training loader of mixed steps and finite evaluation loaders.
+
+A training step is ``{task_name: batch}`` with every task of ``data.train`` at its own batch size.
+Each DataLoader worker builds whole steps from its own stream of every task, so one set of workers
+serves the whole mixture.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch.utils.data import DataLoader, IterableDataset
+
+from onepeace.data.config import DataConfig
+from onepeace.data.distributed import rank_and_world_size, worker_and_count
+from onepeace.data.pipelines import SKIPPED, Placement, TaskPipeline
+from onepeace.data.tokenizer import Tokenizer
+
+
+class _TrainSteps(IterableDataset):
+    def __init__(self, pipelines: dict[str, TaskPipeline], seed: int, rank: int, world_size: int):
+        self.pipelines, self.seed, self.rank, self.world_size = pipelines, seed, rank, world_size
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = worker_and_count()
+        place = Placement(self.rank, self.world_size, worker, workers)
+        streams = {name: p.train_batches(place, self.seed, self.epoch, i) for i, (name, p) in enumerate(self.pipelines.items())}
+        while True:
+            yield {name: next(stream) for name, stream in streams.items()}
+
+
+class _EvalBatches(IterableDataset):
+    def __init__(self, pipeline: TaskPipeline, seed: int, rank: int, world_size: int):
+        self.pipeline, self.seed, self.rank, self.world_size = pipeline, seed, rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, workers = worker_and_count()
+        yield from self.pipeline.eval_batches(Placement(self.rank, self.world_size, worker, workers), self.seed)
+
+
+class DataStream:
+    """An iterable over training steps or evaluation batches that also counts skipped bad samples.
+
+    ``bad_samples``: samples skipped (undecodable, unreadable) so far on this rank, for logging.
+    """
+
+    def __init__(self, dataset: IterableDataset, data: DataConfig, *, rank: int, world_size: int):
+        self.dataset, self.rank, self.world_size = dataset, rank, world_size
+        self.bad_samples = 0
+        workers = data.num_workers
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=workers,
+                                 prefetch_factor=data.prefetch_factor if workers > 0 else None,
+                                 persistent_workers=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """New random streams from the next ``iter()`` on (training): seeds use (seed, epoch, rank, worker)."""
+        self.dataset.epoch = epoch
+
+    def _count(self, batch: dict) -> dict:
+        self.bad_samples += int(batch.pop(SKIPPED, 0))
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        for item in self.loader:
+            if SKIPPED in item:
+                yield self._count(item)
+            else:
+                yield {name: self._count(batch) for name, batch in item.items()}
+
+
+class EvalStream(DataStream):
+    """One finite ordered pass over an evaluation set; ranks together see each sample exactly once."""
+
+    def __init__(self, pipeline: TaskPipeline, data: DataConfig, *, rank: int, world_size: int):
+        super().__init__(_EvalBatches(pipeline, data.seed, rank, world_size), data, rank=rank, world_size=world_size)
+        self.total_samples = pipeline.total_samples
+        # Positions p with p % world_size == rank, according to index.json.
+        self.num_samples = len(range(rank, self.total_samples, world_size))
+
+
+def _tokenizer(data: DataConfig, tokenizer: Tokenizer | None, model) -> Tokenizer | None:
+    if tokenizer is None and data.tokenizer:
+        tokenizer = Tokenizer(data.tokenizer)
+    if tokenizer is not None:
+        if tokenizer.vocab_size > model.vocab_size:
+            raise ValueError(f"tokenizer {tokenizer.sidecar} has {tokenizer.vocab_size} pieces but model.vocab_size "
+                             f"is {model.vocab_size}; raise model.vocab_size or train a smaller tokenizer")
+        if tokenizer.pad_id != model.pad_id:
+            raise ValueError(f"tokenizer pad_id {tokenizer.pad_id} != model.pad_id {model.pad_id}")
+    return tokenizer
+
+
+def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        return rank_and_world_size()
+    return rank, world_size
+
+
+def build_train_loader(data: DataConfig, model, tokenizer: Tokenizer | None = None, *, epoch: int = 0,
+                       rank: int | None = None, world_size: int | None = None) -> DataStream:
+    """Endless ``{task_name: batch}`` steps over ``data.train`` (``model``: a ModelConfig)."""
+    if not data.train:
+        raise ValueError("data.train names no tasks")
+    rank, world_size = _placement(rank, world_size)
+    tokenizer = _tokenizer(data, tokenizer, model)
+    pipelines = {name: TaskPipeline(name, task, data=data, model=model, tokenizer=tokenizer, train=True)
+                 for name, task in data.train.items()}
+    stream = DataStream(_TrainSteps(pipelines, data.seed, rank, world_size), data, rank=rank, world_size=world_size)
+    stream.set_epoch(epoch)
+    return stream
+
+
+def build_eval_loader(name: str, data: DataConfig, model, tokenizer: Tokenizer | None = None, *,
+                      rank: int | None = None, world_size: int | None = None) -> EvalStream:
+    """Batches of ``data.eval[name]`` in one ordered pass (the last batch may be short)."""
+    if name not in data.eval:
+        raise KeyError(f"no evaluation set {name!r} in data.eval (have: {', '.join(data.eval) or 'none'})")
+    rank, world_size = _placement(rank, world_size)
+    pipeline = TaskPipeline(name, data.eval[name], data=data, model=model,
+                            tokenizer=_tokenizer(data, tokenizer, model), train=False)
+    return EvalStream(pipeline, data, rank=rank, world_size=world_size)
+
