@@ -19,8 +19,9 @@ COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
     "purple": (140, 40, 180), "orange": (250, 140, 20), "white": (250, 250, 250), "black": (15, 15, 15),
 }
-BACKGROUNDS = {"grey": (128, 128, 128), "dark": (40, 40, 48), "beige": (225, 210, 175), "light blue": (170, 205, 235)}
-CLASHES = {("black", "dark"), ("white", "beige"), ("yellow", "beige"), ("white", "light blue")}
+# Background names share no word with object colours, so "blue" in a caption is always the shapes.
+BACKGROUNDS = {"grey": (128, 128, 128), "dark": (40, 40, 48), "beige": (225, 210, 175), "pink": (240, 185, 200)}
+CLASHES = {("black", "dark"), ("white", "beige"), ("yellow", "beige"), ("white", "pink")}
 POSITIONS = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "bottom left": (0.28, 0.72),
              "bottom right": (0.72, 0.72), "centre": (0.5, 0.5)}
 NUMBERS = {1: "one", 2: "two", 3: "three"}

@@ -190,11 +190,10 @@ class Manifest:
                     continue
                 row = Row(row=n, line=start)
                 n += 1
+                row.fields = dict(zip(header, cells))
+                _check_utf8(row)
                 if len(cells) > len(header):
                     row.problem = ("bad_row", f"{len(cells)} fields but the header has {len(header)}")
-                else:
-                    row.fields = {name: value for name, value in zip(header, cells)}
-                    _check_utf8(row)
                 yield row
             if header is None:
                 raise ManifestError(f"{self.path}: empty file; expected a header line with column names")

@@ -93,8 +93,9 @@ def check_shard(task: tuple[str, dict, str, int]) -> dict:
     return {"path": entry["path"], "keys": keys, "problems": problems}
 
 
-def verify(directory: str, workers: int = 1, progress: bool = True, out=sys.stdout) -> int:
-    """Print a report; return the number of problems."""
+def verify(directory: str, workers: int = 1, progress: bool = True, out=None) -> int:
+    """Print a report (to ``out``, default stdout); return the number of problems."""
+    out = out or sys.stdout
     index = load_index(directory)
     base = os.path.dirname(os.path.abspath(os.path.join(directory, "index.json")))
     kind, sample_rate = index["kind"], index.get("settings", {}).get("sample_rate", 16000)

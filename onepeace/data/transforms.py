@@ -19,10 +19,6 @@ from onepeace.model.adapters import audio_frame_count
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# np.asarray(PIL image) is read-only; the resize below never writes to it, so the copy is not needed.
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-
-
 def random_resized_crop_box(width: int, height: int, scale: tuple[float, float], rng: np.random.Generator,
                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
     """(left, top, crop width, crop height) drawn as torchvision's RandomResizedCrop does."""
@@ -47,7 +43,10 @@ def random_resized_crop_box(width: int, height: int, scale: tuple[float, float],
 
 def image_to_tensor(image: Image.Image, size: int, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """uint8 [3, size, size]: the box (left, top, w, h; default the whole image) resized bicubically."""
-    pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
+    with warnings.catch_warnings():
+        # np.asarray(PIL image) is read-only; nothing below writes to it, so a copy would be wasted.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
     if box is not None:
         left, top, w, h = box
         pixels = pixels[:, top:top + h, left:left + w]
