@@ -76,14 +76,15 @@ def block_keep(num_frames: int, ratio: float, span: int, rng: np.random.Generato
     starts = starts[starts + span > 0]
     lo, hi = np.maximum(starts, 0), np.minimum(starts + span, num_frames)
     pick = rng.permutation(starts.size)
-    sizes = (hi - lo)[pick]
-    count = int(np.searchsorted(np.cumsum(sizes), masked)) + 1  # blocks needed to reach `masked`
-    mask = np.zeros(num_frames, dtype=bool)
-    over = int(sizes[:count].sum()) - masked
-    for j, b in enumerate(pick[:count]):
-        end = hi[b] - (over if j == count - 1 else 0)
-        mask[lo[b]:end] = True
-    return np.flatnonzero(~mask)
+    ends = np.cumsum((hi - lo)[pick])
+    count = int(np.searchsorted(ends, masked)) + 1  # blocks needed to reach `masked`
+    chosen_lo, chosen_hi = lo[pick[:count]], hi[pick[:count]].copy()
+    chosen_hi[-1] -= int(ends[count - 1]) - masked  # shorten the last block: exactly `masked` frames
+    # Blocks never overlap, so +1 at each start and -1 at each end, summed, is 1 exactly inside blocks.
+    edges = np.zeros(num_frames + 1, dtype=np.int32)
+    edges[chosen_lo] += 1
+    edges[chosen_hi] -= 1
+    return np.flatnonzero(np.cumsum(edges[:-1]) == 0)
 
 
 def pad_keeps(keeps: list[np.ndarray]) -> torch.Tensor:

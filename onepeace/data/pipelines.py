@@ -8,6 +8,7 @@ sample exactly once and their counts differ by at most one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -85,6 +86,10 @@ class TaskPipeline:
             raise ValueError(f"task {name} ({self.kind}) needs a tokenizer (data.tokenizer)")
         self.max_text_tokens = model.max_text_tokens - 1  # the model's limit counts EOS
         self.image = ImageTransform(model.image_size, train, data.image_crop_scale)
+        # A training crop keeps at least sqrt(min area * 3/4) of the shorter side (aspect ratio <= 4/3):
+        # big JPEGs are decoded only as large as still gives that crop image_size pixels.
+        crop_side = math.sqrt(data.image_crop_scale[0] * 3 / 4) if train else 1.0
+        self.image_min_side = math.ceil(model.image_size / crop_side)
         self.audio = AudioTransform(max_audio_samples(model.sample_rate, data.max_audio_seconds, model.max_audio_frames),
                                     int(data.min_audio_seconds * model.sample_rate), train)
         word_start = tokenizer.word_start if tokenizer is not None else np.zeros(1, dtype=bool)
@@ -128,7 +133,7 @@ class TaskPipeline:
 
     def process(self, raw: dict, rng: np.random.Generator) -> dict:
         """Decode and transform one raw sample; raises on anything wrong with it."""
-        d = decode_sample(raw, self.kind, self.sample_rate)
+        d = decode_sample(raw, self.kind, self.sample_rate, self.image_min_side)
         out = {"id": d["id"], "label": d["label"]}
         members = KIND_MEMBERS[self.kind]
         if "jpg" in members:

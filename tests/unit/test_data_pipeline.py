@@ -313,3 +313,15 @@ def test_rank_and_world_size_from_the_environment(monkeypatch):
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert rank_and_world_size() == (0, 1)
+
+
+def test_big_jpegs_are_decoded_only_as_large_as_needed():
+    import io
+
+    from onepeace.data.decode import decode_image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((600, 800, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+    assert decode_image(buf.getvalue(), 100).size == (200, 150)  # 1/4 scale; 1/8 would be below 100
+    assert decode_image(buf.getvalue(), 400).size == (800, 600)
+    assert decode_image(buf.getvalue()).size == (800, 600)
