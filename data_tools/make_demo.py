@@ -110,6 +110,7 @@ def make_demo(out: str, *, train_size: int = 2000, val_size: int = 256, image_px
     captions: list[str] = []
     for modality in ("image", "audio"):
         for split, count in (("train", train_size), ("val", val_size)):
+            log(f"make_demo: drawing {count} {modality} {split} samples and building their shards")
             manifest = write_raw(out, modality, split, count, seed, image_px, workers)
             shard_dir = os.path.join(out, "shards", f"{modality}-text", split)
             index = _build(manifest, shard_dir, f"{modality}-text-{split}", settings, workers)
@@ -127,6 +128,7 @@ def make_demo(out: str, *, train_size: int = 2000, val_size: int = 256, image_px
     text_file = os.path.join(out, "raw", "text_train.txt")
     with open(text_file, "w", encoding="utf-8") as f:
         f.write("".join(c + "\n" for c in captions))
+    log("make_demo: building text shards and training the tokenizer")
     paths["text/train"] = os.path.join(out, "shards", "text", "train")
     _build(text_file, paths["text/train"], "text-train", settings, 1, text_file=True)
     sidecar = train_tokenizer(out=os.path.join(out, "tokenizer"), shards=[], files=[text_file], vocab_size=vocab_size)
@@ -138,7 +140,7 @@ def make_demo(out: str, *, train_size: int = 2000, val_size: int = 256, image_px
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Make a small procedural image/audio/text corpus (shapes and sounds with captions that "
                                "describe them), with train and validation splits, built into shards with the real "
@@ -155,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="processes for drawing media and building shards (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="replace DIR if it already exists")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.train_size < 1 or args.val_size < 1:
         p.error("--train-size and --val-size must be positive")

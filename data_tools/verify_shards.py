@@ -133,7 +133,7 @@ def verify(directory: str, workers: int = 1, progress: bool = True, out=None) ->
     return total_problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG, description="Read every sample of a shard folder, check that it decodes as the training "
                                "pipeline decodes it, and that files, sizes, checksums and counts match index.json. "
@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("directory", metavar="DIR", help="a folder holding index.json (from build_shards or merge)")
     p.add_argument("--workers", type=int, default=1, help="shards checked in parallel processes (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         problems = verify(args.directory, workers=args.workers, progress=not args.quiet)
     except ShardSpecError as exc:

@@ -76,16 +76,28 @@ def decode_sample(sample: dict, kind: str, sample_rate: int, image_min_side: int
 
 
 class SkipCounter:
-    """Logs and counts what was skipped, then lets the stream go on (the webdataset handler contract)."""
+    """Logs and counts what was skipped, then lets the stream go on (the webdataset handler contract).
 
-    def __init__(self, where: str, log_first: int = 10, log_every: int = 1000):
+    Only a long run of failures with no good sample between them stops the stream: then every shard
+    is likely unreadable, and going on would spin forever without producing a batch.
+    """
+
+    def __init__(self, where: str, log_first: int = 10, log_every: int = 1000, max_in_a_row: int = 1000):
         self.where = where
         self.count = 0
-        self.log_first, self.log_every = log_first, log_every
+        self.in_a_row = 0
+        self.log_first, self.log_every, self.max_in_a_row = log_first, log_every, max_in_a_row
+
+    def ok(self) -> None:
+        self.in_a_row = 0
 
     def __call__(self, exc: BaseException, key: str | None = None, url: str | None = None) -> bool:
         self.count += 1
+        self.in_a_row += 1
         if self.count <= self.log_first or self.count % self.log_every == 0:
             at = " ".join(x for x in (url and f"in {url}", key and f"sample {key}") if x)
             log.warning("%s: skipped a bad sample %s: %s (%d skipped so far)", self.where, at, exc, self.count)
+        if self.in_a_row >= self.max_in_a_row:
+            raise RuntimeError(f"{self.where}: {self.in_a_row} bad samples or shards in a row, the last: {exc}; "
+                               "check the shards with python -m data_tools.verify_shards") from exc
         return True

@@ -155,6 +155,7 @@ class TaskPipeline:
                 skip(exc if isinstance(exc, BadSample) else BadSample(f"{type(exc).__name__}: {exc}"),
                      sample.get("__key__"), sample.get("__url__"))
                 continue
+            skip.ok()
             if len(batch) == self.batch_size:
                 out = collate(batch, self.spec, rng)
                 out[SKIPPED], reported = skip.count - reported, skip.count

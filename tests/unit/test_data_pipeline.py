@@ -325,3 +325,12 @@ def test_big_jpegs_are_decoded_only_as_large_as_needed():
     assert decode_image(buf.getvalue(), 100).size == (200, 150)  # 1/4 scale; 1/8 would be below 100
     assert decode_image(buf.getvalue(), 400).size == (800, 600)
     assert decode_image(buf.getvalue()).size == (800, 600)
+
+
+def test_unreadable_shards_fail_loudly_instead_of_spinning(corpus, tmp_path):
+    folder = shutil.copytree(corpus["image-text"], str(tmp_path / "gone"))
+    for entry in index_of(folder)["shards"]:
+        os.remove(os.path.join(folder, entry["path"]))
+    cfg = config(corpus, train={"image-text": {"batch_size": 2, "sources": src(folder)}})
+    with pytest.raises(RuntimeError, match="in a row"):
+        next(iter(build_train_loader(cfg, MODEL, rank=0, world_size=1)))
