@@ -81,17 +81,15 @@ def process_image(data: bytes, image_size: int, quality: int) -> tuple[bytes, in
                 and scale >= 1):
             return data, width, height  # already what we store: keep the original bytes
         im = _to_rgb(ImageOps.exif_transpose(im))
-    except Reject:
-        raise
+        w, h = im.size
+        if min(w, h) > image_size:
+            s = image_size / min(w, h)
+            size = (image_size, max(1, round(h * s))) if w <= h else (max(1, round(w * s)), image_size)
+            im = im.resize(size, Image.BICUBIC, reducing_gap=3.0)
+        out = io.BytesIO()
+        im.save(out, format="JPEG", quality=quality)
     except Exception as exc:  # PIL raises many types for bad input (OSError, SyntaxError, ValueError, ...)
         raise Reject("corrupt_image", f"cannot decode image: {exc}") from None
-    w, h = im.size
-    if min(w, h) > image_size:
-        s = image_size / min(w, h)
-        size = (image_size, max(1, round(h * s))) if w <= h else (max(1, round(w * s)), image_size)
-        im = im.resize(size, Image.BICUBIC, reducing_gap=3.0)
-    out = io.BytesIO()
-    im.save(out, format="JPEG", quality=quality)
     return out.getvalue(), im.size[0], im.size[1]
 
 
@@ -138,16 +136,21 @@ def process_audio(data: bytes, sample_rate: int, max_seconds: float, min_seconds
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if not np.isfinite(wave).all():
         raise Reject("corrupt_audio", "audio contains NaN or infinite samples")
-    if rate != sample_rate and wave.size:
-        wave = _resample(np.ascontiguousarray(wave), rate, sample_rate)
-    wave = wave[: int(round(max_seconds * sample_rate))]
-    seconds = wave.size / sample_rate
-    if seconds < min_seconds:
-        raise Reject("audio_too_short", f"{seconds:.3f} s is shorter than the minimum {min_seconds} s")
-    peak = float(np.abs(wave).max())
-    if peak > 1.0:
-        # The pipeline layer-normalises every clip, so scaling loses nothing that clipping would.
-        wave = wave / peak
-    out = io.BytesIO()
-    sf.write(out, wave, sample_rate, format="FLAC", subtype="PCM_16")
+    try:
+        if rate != sample_rate and wave.size:
+            wave = _resample(np.ascontiguousarray(wave), rate, sample_rate)
+        wave = wave[: int(round(max_seconds * sample_rate))]
+        seconds = wave.size / sample_rate
+        if seconds < min_seconds:
+            raise Reject("audio_too_short", f"{seconds:.3f} s is shorter than the minimum {min_seconds} s")
+        peak = float(np.abs(wave).max())
+        if peak > 1.0:
+            # The pipeline layer-normalises every clip, so scaling loses nothing that clipping would.
+            wave = wave / peak
+        out = io.BytesIO()
+        sf.write(out, wave, sample_rate, format="FLAC", subtype="PCM_16")
+    except Reject:
+        raise
+    except Exception as exc:  # a sample rate or layout the encoder refuses: this sample only
+        raise Reject("corrupt_audio", f"cannot convert audio: {exc}") from None
     return out.getvalue(), round(seconds, 4)
