@@ -11,10 +11,11 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-# Re-created whenever the package metadata or the pinned versions change.
-$(STAMP): setup.cfg pyproject.toml constraints.txt
-	rm -rf $(VENV)
+# Created when missing; brought up to date whenever the package metadata or the pinned versions change.
+$(PY):
 	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -c constraints.txt -e '.[dev,xformers]'
 	$(PY) -m pip check

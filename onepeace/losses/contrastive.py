@@ -59,7 +59,24 @@ def contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor, *, gather: bool 
     return (loss_ab + loss_ba) / 2
 
 
-@torch.no_grad()
-def clamp_logit_scale_(param: Tensor) -> None:
-    """Keep the temperature in [1, 100] (official recipe); call after every optimizer step."""
-    param.clamp_(0.0, LOGIT_SCALE_MAX)
+class _BoundedLogitScale(torch.autograd.Function):
+    """Clamp to [0, ln 100] as the reference does every step, without touching the parameter: DeepSpeed
+    keeps fp32 master weights, so an in-place clamp of the module's copy would be overwritten. Outside
+    the range only gradients that point back inside pass, so the parameter never drifts further out."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0.0, LOGIT_SCALE_MAX)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        inward = ((x > LOGIT_SCALE_MAX) & (grad > 0)) | ((x < 0) & (grad < 0))
+        inside = (x >= 0) & (x <= LOGIT_SCALE_MAX)
+        return torch.where(inside | inward, grad, torch.zeros_like(grad))
+
+
+def bounded_logit_scale(param: Tensor) -> Tensor:
+    """The logit scale the loss uses: ``param`` clamped to [0, ln 100] (temperature in [0.01, 1])."""
+    return _BoundedLogitScale.apply(param)

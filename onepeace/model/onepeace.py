@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+from typing import Collection
 
 import torch
+import yaml
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import MODALITIES, ModelConfig
+from ..config import MODALITIES, ModelConfig, from_dict, load_yaml, to_dict
 from ..ops.attention import AttentionBias, compute_dtype, flex_compiles, resolve_backend
 from ..ops.norm import is_layer_norm
 from .adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
@@ -19,6 +22,7 @@ from .position import RelativePositionBias, resize_abs_positions
 
 _ADAPTERS = {"text": TextAdapter, "image": VisionAdapter, "audio": AudioAdapter}
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
+CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.pt"
 
 
 def _trunc_normal(t: torch.Tensor) -> None:
@@ -39,7 +43,7 @@ class OnePeace(nn.Module):
         )
         self.encoder.checkpoint_activations = config.checkpoint_activations
         self.proj = nn.ModuleDict({m: nn.Linear(config.embed_dim, config.embed_dim) for m in self.modalities})
-        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
+        self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))  # 1-D: DeepSpeed broadcasts it as bytes
         self.decoder = DenoisingDecoder(config) if config.decoder_depth > 0 else None
         self.reset_parameters()
         if config.compile_encoder:
@@ -50,31 +54,69 @@ class OnePeace(nn.Module):
     # Initialisation
     # ---------------------------------------------------------------------------------------------
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, only: Collection[str] | None = None) -> None:
         """Linear and embedding weights: truncated normal (std and cut-off 0.02); all biases 0; LayerNorm 1/0;
-        CLS, position and mask tokens like linear weights; relative tables 0; LayerScale at its init."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                _trunc_normal(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.bias is not None:
-                nn.init.zeros_(module.bias)  # conv weights keep PyTorch's fan-in init
-            elif isinstance(module, nn.Embedding):
-                _trunc_normal(module.weight)
-            elif is_layer_norm(module) and getattr(module, "weight", None) is not None:
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        for name, param in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in ("cls_token", "pos_embed", "cls_pos") or name.startswith("decoder.mask_token"):
-                _trunc_normal(param.data)
-            elif leaf in ("q_bias", "v_bias") or name.startswith("rel_bias.tables"):
-                nn.init.zeros_(param.data)
-            elif leaf in ("gamma1", "gamma2"):
-                nn.init.constant_(param.data, self.config.layer_scale_init)
+        CLS, position and mask tokens like linear weights; relative tables 0; LayerScale at its init;
+        the logit scale at ln(1/0.07). ``only``: re-initialise just these parameter names."""
+
+        def wanted(name: str) -> bool:
+            return only is None or name in only
+
+        for prefix, module in self.named_modules():
+            prefix = f"{prefix}." if prefix else ""
+            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+            if isinstance(module, (nn.Linear, nn.Embedding)) and wanted(prefix + "weight"):
+                _trunc_normal(weight)
+            elif is_layer_norm(module) and weight is not None and wanted(prefix + "weight"):
+                nn.init.ones_(weight)
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
+                if isinstance(bias, torch.Tensor) and wanted(prefix + "bias"):
+                    nn.init.zeros_(bias)  # conv weights keep PyTorch's fan-in init
         with torch.no_grad():
-            self.logit_scale.fill_(LOGIT_SCALE_INIT)
+            for name, param in self.named_parameters():
+                leaf = name.rsplit(".", 1)[-1]
+                if not wanted(name):
+                    continue
+                if leaf in ("cls_token", "pos_embed", "cls_pos") or name.startswith("decoder.mask_token"):
+                    _trunc_normal(param)
+                elif leaf in ("q_bias", "v_bias") or name.startswith("rel_bias.tables"):
+                    param.zero_()
+                elif leaf in ("gamma1", "gamma2"):
+                    param.fill_(self.config.layer_scale_init)
+                elif name == "logit_scale":
+                    param.fill_(LOGIT_SCALE_INIT)
+
+    # ---------------------------------------------------------------------------------------------
+    # Saving and loading
+    # ---------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu", **runtime: object) -> "OnePeace":
+        """A model saved by :meth:`save_pretrained` or ``onepeace-export``. Weights are loaded with
+        ``weights_only=True``: no pickled code runs. ``runtime`` overrides fields such as
+        ``attention_backend`` that do not change parameters."""
+        config_file, weights_file = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
+        for f in (config_file, weights_file):
+            if not os.path.isfile(f):
+                raise FileNotFoundError(f"{path} is not an exported ONE-PEACE model: {os.path.basename(f)} is missing")
+        data = load_yaml(config_file)
+        config = from_dict(ModelConfig, {**data.get("model", {}), **runtime}, "model")
+        model = cls(config)
+        state = torch.load(weights_file, map_location=map_location, weights_only=True)
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def save_pretrained(self, path: str, extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
+        """``config.yaml`` (the model config plus ``extra``) and ``model.pt`` (a plain state dict)."""
+        os.makedirs(path, exist_ok=True)
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+                 for k, v in self.state_dict().items()}
+        tmp = os.path.join(path, WEIGHTS_FILE + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, os.path.join(path, WEIGHTS_FILE))
+        with open(os.path.join(path, CONFIG_FILE + ".tmp"), "w", encoding="utf-8") as f:
+            yaml.safe_dump({"model": to_dict(self.config), **(extra or {})}, f, sort_keys=False)
+        os.replace(os.path.join(path, CONFIG_FILE + ".tmp"), os.path.join(path, CONFIG_FILE))
 
     # ---------------------------------------------------------------------------------------------
     # Encoder

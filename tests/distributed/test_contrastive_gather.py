@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import subprocess
 import sys
 
@@ -43,9 +42,9 @@ def build():
     return params, loss_on
 
 
-def rank_main(rank: int, port: int, out: str, mode: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+def rank_main(rank: int, rendezvous: str, out: str, mode: str) -> None:
+    # A file rendezvous: no port to pick, so no race with other processes for one.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD)
     params, loss_on = build()
     if mode == "unequal":
         # Rank 0 has HALF rows, rank 1 one fewer: both ranks must stop with a ValueError, not hang.
@@ -68,16 +67,10 @@ def rank_main(rank: int, port: int, out: str, mode: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(tmp_path, mode: str) -> list[subprocess.CompletedProcess]:
-    port, out = free_port(), str(tmp_path / "rank0.pt")
+    rendezvous, out = str(tmp_path / "rendezvous"), str(tmp_path / "rank0.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), str(r), str(port), out, mode],
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), str(r), rendezvous, out, mode],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in range(WORLD)]
     try:
@@ -116,4 +109,4 @@ def test_unequal_batch_sizes_raise_on_every_rank(tmp_path):
 
 
 if __name__ == "__main__":
-    rank_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    rank_main(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])

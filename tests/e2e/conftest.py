@@ -37,3 +37,15 @@ def slurm(slurm_cluster):
     yield slurm_cluster
     slurm_cluster.cancel_all()
     slurm_cluster.ensure_nodes_idle()
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory):
+    """A small demo corpus (24 training and 16 validation samples per modality) built by the real tools."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("corpus") / "demo"
+    subprocess.run([sys.executable, "-m", "data_tools.make_demo", "--out", str(out), "--train-size", "24",
+                    "--val-size", "16", "--workers", "1"], check=True, capture_output=True, text=True)
+    return out

@@ -14,6 +14,7 @@ class Inner:
 
 @dataclass
 class Outer:
+    pair: tuple[float, int] = (0.5, 1)
     steps: int = 10
     flag: bool = False
     inner: Inner = field(default_factory=Inner)
@@ -21,10 +22,16 @@ class Outer:
 
 
 def test_from_dict_builds_nested_and_coerces():
-    cfg = from_dict(Outer, {"steps": 3, "inner": {"rate": 1, "names": ["x", "y"]}, "maybe": None})
+    cfg = from_dict(Outer, {"steps": 3, "inner": {"rate": 1, "names": ["x", "y"]}, "maybe": None, "pair": [2, 3]})
     assert cfg.steps == 3 and cfg.inner.rate == 1.0 and isinstance(cfg.inner.rate, float)
     assert cfg.inner.names == ("x", "y")
-    assert to_dict(cfg) == {"steps": 3, "flag": False, "inner": {"rate": 1.0, "names": ["x", "y"]}, "maybe": None}
+    assert cfg.pair == (2.0, 3) and isinstance(cfg.pair[0], float)
+    assert to_dict(cfg) == {"pair": [2.0, 3], "steps": 3, "flag": False, "inner": {"rate": 1.0, "names": ["x", "y"]},
+                            "maybe": None}
+    with pytest.raises(ConfigError, match=r"pair: expected 2 items, got 3"):
+        from_dict(Outer, {"pair": [1, 2, 3]})
+    with pytest.raises(ConfigError, match=r"pair\[1\]: expected an integer"):
+        from_dict(Outer, {"pair": [1, "x"]})
 
 
 def test_unknown_keys_are_named_with_their_path():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from onepeace.losses import LOGIT_SCALE_MAX, clamp_logit_scale_, contrastive_loss, denoising_loss, target_positions
+from onepeace.losses import LOGIT_SCALE_MAX, bounded_logit_scale, contrastive_loss, denoising_loss, target_positions
 from onepeace.model import ModalityOutput
 
 
@@ -76,14 +76,15 @@ def test_contrastive_rejects_mismatched_shapes():
         contrastive_loss(torch.randn(4, 6), torch.randn(3, 6), torch.tensor(0.0))
 
 
-def test_clamp_logit_scale_keeps_it_in_zero_to_ln100_without_touching_grad():
-    param = torch.nn.Parameter(torch.tensor(-1.0))
-    for value, expected in ((-1.0, 0.0), (7.0, math.log(100.0)), (2.5, 2.5)):
-        param.data.fill_(value)
-        clamp_logit_scale_(param)  # in place on a leaf that requires grad: only possible without grad
-        assert param.item() == pytest.approx(expected)
-    assert param.grad is None and param.requires_grad
+def test_bounded_logit_scale_clamps_and_passes_only_inward_gradients():
     assert LOGIT_SCALE_MAX == pytest.approx(math.log(100.0))
+    for value, grad, passed in ((1.0, 0.3, 0.3), (5.0, 0.3, 0.3), (5.0, -0.3, 0.0), (-1.0, 0.3, 0.0),
+                                (-1.0, -0.3, -0.3)):
+        p = torch.tensor([value], requires_grad=True)
+        out = bounded_logit_scale(p)
+        assert out.item() == pytest.approx(min(max(value, 0.0), LOGIT_SCALE_MAX))
+        out.backward(torch.tensor([grad]))
+        assert p.grad.item() == pytest.approx(passed)
 
 
 # ------------------------------------------------------------------------------------------------

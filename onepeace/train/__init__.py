@@ -1,0 +1,1 @@
+"""Pretraining on DeepSpeed: ``python -m onepeace.train`` (see cli.py)."""

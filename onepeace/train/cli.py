@@ -1,0 +1,146 @@
+"""``python -m onepeace.train`` / ``onepeace-pretrain``: pretraining under deepspeed, torchrun or srun.
+
+    deepspeed --num_gpus 8 --module onepeace.train --config stage1_vl_base \\
+        --deepspeed_config ds_configs/zero2_bf16.json --run-dir runs/vl-base --resume auto
+    srun python -m onepeace.train --config my_recipe.yaml --set train.steps=1000 --run-dir runs/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import torch
+
+from ..config import ConfigError
+from ..recipe import Recipe, dump_recipe, load_recipe, shipped_recipes
+from . import checkpoint, distributed as dist_utils
+from .engine import load_ds_config, resolve_ds_config
+
+log = logging.getLogger("onepeace.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="onepeace-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True,
+                   help=f"recipe: a YAML file or a shipped recipe name ({', '.join(shipped_recipes())})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.steps=500 --set model.preset=base (repeatable)")
+    p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", default=None,
+                   help="DeepSpeed JSON (ds_configs/*.json); 'auto' values are filled from the recipe. "
+                        "Default: ZeRO stage 1 with everything from the recipe")
+    p.add_argument("--run-dir", default=None,
+                   help="where config.yaml, log.txt, tensorboard/ and checkpoints/ go (default: runs/<recipe name>)")
+    p.add_argument("--resume", default="none",
+                   help="'auto': continue from the newest complete checkpoint of --run-dir if there is one; "
+                        "a run or checkpoint directory; 'none' (default): start fresh (refused if --run-dir "
+                        "already has checkpoints)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed
+    return p
+
+
+def setup_logging(run_dir: str, rank: int) -> None:
+    fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    root.addHandler(console)
+    if rank == 0:
+        file = logging.FileHandler(os.path.join(run_dir, "log.txt"))
+        file.setFormatter(fmt)
+        root.addHandler(file)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    if arg == "none":
+        if checkpoint.complete_tags(ckpt_dir):
+            raise ConfigError(f"{run_dir} already has checkpoints: pass --resume auto to continue that run, or "
+                              "choose another --run-dir")
+        return None
+    if arg == "auto":
+        tags = checkpoint.complete_tags(ckpt_dir)
+        return (ckpt_dir, tags[-1][1]) if tags else None
+    return checkpoint.find_checkpoint(arg)
+
+
+def micro_batch_size(recipe: Recipe) -> int:
+    return sum(task.batch_size for task in recipe.data.train.values())
+
+
+def prepare(args: argparse.Namespace) -> tuple[Recipe, dict, str, tuple[str, str] | None, dist_utils.DistEnv]:
+    """Everything that can fail on bad input, before any process group starts."""
+    recipe = load_recipe(args.config, args.overrides)
+    if not recipe.data.train:
+        raise ConfigError(f"{recipe.source}: data.train names no tasks")
+    dist = dist_utils.detect()
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    ds_raw, ds_source = load_ds_config(args.deepspeed_config)
+    ds = resolve_ds_config(ds_raw, recipe.train, micro_batch=micro_batch_size(recipe), world_size=dist.world_size,
+                           device_type=device_type, source=ds_source)
+    run_dir = os.path.abspath(args.run_dir or os.path.join("runs", recipe.name))
+    resume = resolve_resume(args.resume, run_dir)
+    return recipe, ds, run_dir, resume, dist
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        recipe, ds, run_dir, resume, dist = prepare(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"onepeace-pretrain: error: {exc}", file=sys.stderr)
+        return 2
+    os.makedirs(run_dir, exist_ok=True)
+    setup_logging(run_dir, dist.rank)
+    device = dist_utils.device_for(dist)
+    dist_utils.init(dist, recipe.train.dist_timeout_s)
+    try:
+        return _train(recipe, ds, run_dir, resume, dist, device)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    finally:
+        dist_utils.shutdown()
+
+
+def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device) -> int:
+    from ..eval.periodic import build_periodic_eval
+    from ..model import OnePeace
+    from .trainer import Trainer
+    from .warm_start import freeze_all_but, warm_start
+
+    if dist.is_main:
+        dump_recipe(recipe, os.path.join(run_dir, "config.yaml"))
+        log.info("run %s: recipe %s, %d rank(s) via %s, device %s, ZeRO stage %s, %s", run_dir, recipe.source,
+                 dist.world_size, dist.launcher, device.type, ds.get("zero_optimization", {}).get("stage", 0),
+                 recipe.train.precision)
+    if recipe.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
+    model = OnePeace(recipe.model)
+    model.set_activation_checkpointing(recipe.train.activation_checkpointing)
+    if recipe.train.init_from and resume is None:
+        warm_start(model, recipe.train.init_from, recipe.train.init_exclude, recipe.train.reset)
+    trainable, frozen = freeze_all_but(model, recipe.train.trainable)
+    log.info("model: %s parameters trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
+    torch.manual_seed(recipe.train.seed * 1000 + dist.rank)  # per-rank dropout and drop path
+    trainer = Trainer(recipe, ds, run_dir, dist, device, model, resume,
+                      evaluate=build_periodic_eval(recipe, dist, device))
+    start = time.time()
+    outcome = trainer.run()
+    trainer.metrics.close()
+    log.info("%s at step %d after %.0fs; checkpoints in %s", outcome, trainer.step, time.time() - start,
+             trainer.ckpt_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""DeepSpeed: the one place that resolves a ds_config against the recipe, and builds the engine.
+
+A ds_config value written ``"auto"`` is filled from the recipe (micro batch, accumulation, clipping,
+precision, optimizer hyper-parameters). A concrete value that contradicts the recipe is an error before
+any training starts: the recipe is the single source of truth, the ds_config only adds ZeRO settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from .config import TrainConfig
+from .schedule import cosine_schedule
+
+log = logging.getLogger(__name__)
+
+# Used when no --deepspeed_config is given: ZeRO stage 1, everything from the recipe.
+DEFAULT_DS_CONFIG: dict[str, Any] = {
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "bf16": {"enabled": "auto"},
+    "fp16": {"enabled": "auto"},
+    "zero_optimization": {"stage": 1},
+}
+
+# Parameters that never get weight decay besides 1-D ones: positions, CLS and mask tokens.
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "cls_pos", "mask_token", "rel_bias.tables", "logit_scale")
+
+
+def load_ds_config(path: str | None) -> tuple[dict[str, Any], str]:
+    if not path:
+        return copy.deepcopy(DEFAULT_DS_CONFIG), "the default DeepSpeed config"
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), path
+    except FileNotFoundError:
+        raise ConfigError(f"DeepSpeed config not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+
+
+def resolve_ds_config(ds: dict[str, Any], train: TrainConfig, *, micro_batch: int, world_size: int,
+                      device_type: str, source: str = "ds_config") -> dict[str, Any]:
+    """Fill ``"auto"`` values from the recipe; raise :class:`ConfigError` on contradictions."""
+    ds = copy.deepcopy(ds)
+
+    def settle(container: dict, key: str, wanted: Any, recipe_key: str, path: str) -> None:
+        value = container.get(key, "auto")
+        if value == "auto":
+            container[key] = wanted
+        elif value != wanted:
+            raise ConfigError(f"{source}: {path} is {value!r} but the recipe gives {wanted!r} ({recipe_key}); "
+                              f'write "auto" or make them agree')
+
+    settle(ds, "train_micro_batch_size_per_gpu", micro_batch, "the data.train batch sizes summed",
+           "train_micro_batch_size_per_gpu")
+    settle(ds, "gradient_accumulation_steps", train.grad_accum, "train.grad_accum", "gradient_accumulation_steps")
+    settle(ds, "train_batch_size", micro_batch * train.grad_accum * world_size,
+           "micro batch x train.grad_accum x world size", "train_batch_size")
+    settle(ds, "gradient_clipping", train.grad_clip, "train.grad_clip", "gradient_clipping")
+    for name in ("bf16", "fp16"):
+        section = ds.setdefault(name, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{source}: {name} must be a mapping")
+        settle(section, "enabled", train.precision == name, f"train.precision = {train.precision}", f"{name}.enabled")
+    if ds.get("amp", {}).get("enabled"):
+        raise ConfigError(f"{source}: amp (apex) is not supported; use bf16 or fp16 sections")
+    if "scheduler" in ds:
+        raise ConfigError(f"{source}: remove the 'scheduler' section: the recipe owns the learning-rate schedule "
+                          "(train.lr, train.min_lr, train.warmup_steps)")
+    if train.precision == "fp16" and device_type != "cuda":
+        raise ConfigError(f"train.precision = fp16 needs CUDA (DeepSpeed refuses fp16 on {device_type}); use bf16 "
+                          "or fp32")
+    opt = ds.get("optimizer")
+    if opt is not None:
+        if str(opt.get("type", "")).lower() not in ("adamw", "adam"):
+            raise ConfigError(f"{source}: optimizer.type must be AdamW (got {opt.get('type')!r})")
+        params = opt.setdefault("params", {})
+        settle(params, "lr", train.lr, "train.lr", "optimizer.params.lr")
+        settle(params, "betas", list(train.betas), "train.betas", "optimizer.params.betas")
+        settle(params, "eps", train.eps, "train.eps", "optimizer.params.eps")
+        settle(params, "weight_decay", train.weight_decay, "train.weight_decay", "optimizer.params.weight_decay")
+    zero = ds.setdefault("zero_optimization", {})
+    offload = any(zero.get(k, {}).get("device", "none") not in ("none", None)
+                  for k in ("offload_optimizer", "offload_param"))
+    if offload and opt is None:
+        raise ConfigError(f"{source}: ZeRO offload needs an 'optimizer' section (DeepSpeed's CPU Adam); add "
+                          '{"type": "AdamW", "params": {"lr": "auto", ...}}')
+    ds.setdefault("steps_per_print", 10**9)  # we log ourselves
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def zero_stage(ds: dict[str, Any]) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices, none on 1-D tensors, positions, CLS/mask tokens, bias tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [g for g in groups if g["params"]]
+
+
+def initialize(module: nn.Module, ds: dict[str, Any], train: TrainConfig):
+    """DeepSpeed engine with our AdamW groups and cosine schedule (a torch optimizer, so nothing is
+    JIT-compiled, unless the ds_config names its own optimizer, which ZeRO-Offload needs)."""
+    import deepspeed
+
+    groups = param_groups(module, train.weight_decay)
+    if not groups:
+        raise ConfigError("no trainable parameters: train.trainable matches nothing")
+    if "optimizer" in ds:
+        optimizer = None
+        model_parameters = groups
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=train.betas, eps=train.eps,
+                                      weight_decay=train.weight_decay)
+        model_parameters = None
+
+    def scheduler(opt):
+        return cosine_schedule(opt, train.steps, train.warmup, train.lr, train.min_lr)
+
+    engine, optimizer, _, lr_scheduler = deepspeed.initialize(
+        model=module, optimizer=optimizer, model_parameters=model_parameters, lr_scheduler=scheduler, config=ds)
+    return engine, optimizer, lr_scheduler

@@ -1,0 +1,108 @@
+"""One pretraining step's losses, composed from the tasks of the step (the reference's two stages).
+
+For an image-text batch (stage 1) the step runs: the text and the image alone, unmasked (their CLS
+embeddings give the contrastive loss, their token outputs are the denoising targets); the text with 15%
+of words dropped and the image with 75% of patches dropped, each decoded and contrasted against its
+target; the pair with 40% of words and 68.75% of patches dropped, against the unmasked pair computed
+without gradient. Audio-text (stage 2) is the same with audio. Image-, audio- or text-only tasks add
+their denoising term. Each term has a weight (``train.loss_weights``); weight 0 skips its work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..losses import bounded_logit_scale, contrastive_loss, denoising_loss, target_positions
+from ..model import ModalityOutput, OnePeace
+from .config import LossWeights
+
+# The other modality of a pair task, and its contrastive term.
+PAIR_TASKS = {"image-text": ("image", "itc"), "audio-text": ("audio", "atc")}
+
+
+def _inputs(modality: str, batch: dict, keep_key: str | None = None) -> dict:
+    """forward_encoder keyword arguments for one modality of a batch, optionally with a keep tensor."""
+    if modality == "text":
+        out = {"text": batch["text_tokens"], "text_padding_mask": batch["text_padding_mask"]}
+    elif modality == "image":
+        out = {"image": batch["images"]}
+    else:
+        out = {"audio": batch["audio"], "audio_padding_mask": batch["audio_padding_mask"]}
+    if keep_key is not None:
+        out[f"{modality}_keep"] = batch[keep_key]
+    return out
+
+
+def _dcl(pred: torch.Tensor, masked: ModalityOutput, target: ModalityOutput) -> torch.Tensor:
+    """Decoder predictions at the dropped positions against the unmasked encoder output."""
+    valid = target_positions(masked.full_padding_mask, pred.shape[0], pred.shape[1], pred.device)
+    return denoising_loss(pred, target.tokens.detach(), masked.masked_positions(), valid)
+
+
+class PretrainObjective(nn.Module):
+    """Wraps the model so the DeepSpeed engine sees one module whose forward returns the loss."""
+
+    def __init__(self, model: OnePeace, task_kinds: dict[str, str], weights: LossWeights) -> None:
+        super().__init__()
+        self.model = model
+        self.task_kinds = dict(task_kinds)
+        self.weights = weights
+
+    def forward(self, step: dict[str, dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms: dict[str, torch.Tensor] = {}
+        total = None
+        for task, batch in step.items():
+            if task not in self.task_kinds:
+                raise KeyError(f"step has task {task!r} that the recipe does not name ({', '.join(self.task_kinds)})")
+            for term, value in self._task_terms(self.task_kinds[task], batch).items():
+                weighted = getattr(self.weights, term) * value
+                total = weighted if total is None else total + weighted
+                terms[f"{task}/{term}"] = value.detach()
+        if total is None:
+            raise ValueError("every loss term of this step has weight 0: check train.loss_weights")
+        return total, terms
+
+    # ---------------------------------------------------------------------------------------------
+
+    def _single_terms(self, modality: str, batch: dict, full: ModalityOutput | None = None) -> dict:
+        """The DCL term of one modality's masked-only view (``full``: its unmasked output, if computed)."""
+        term = f"dcl_{modality}"
+        if getattr(self.weights, term) == 0:
+            return {}
+        if full is None:
+            with torch.no_grad():
+                full = self.model.forward_encoder(**_inputs(modality, batch))[modality]
+        masked = self.model.forward_encoder(**_inputs(modality, batch, f"{modality}_keep"))
+        return {term: _dcl(self.model.decode(masked)[modality], masked[modality], full)}
+
+    def _task_terms(self, kind: str, batch: dict) -> dict[str, torch.Tensor]:
+        w = self.weights
+        if kind in ("image", "audio", "text"):
+            return self._single_terms(kind, batch)
+        if kind not in PAIR_TASKS:
+            raise ValueError(f"unknown task kind {kind!r}")
+        other, contrastive_term = PAIR_TASKS[kind]
+        terms: dict[str, torch.Tensor] = {}
+        need_text_full = getattr(w, contrastive_term) > 0 or w.dcl_text > 0
+        need_other_full = getattr(w, contrastive_term) > 0 or getattr(w, f"dcl_{other}") > 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and getattr(w, contrastive_term) > 0):
+            text_full = self.model.forward_encoder(**_inputs("text", batch))["text"] if need_text_full else None
+            other_full = self.model.forward_encoder(**_inputs(other, batch))[other] if need_other_full else None
+        if getattr(w, contrastive_term) > 0:
+            terms[contrastive_term] = contrastive_loss(self.model.embed(other, other_full),
+                                                       self.model.embed("text", text_full),
+                                                       bounded_logit_scale(self.model.logit_scale))
+        terms.update(self._single_terms("text", batch, text_full))
+        terms.update(self._single_terms(other, batch, other_full))
+        pair_text, pair_other = w.dcl_pair_text > 0, getattr(w, f"dcl_pair_{other}") > 0
+        if pair_text or pair_other:
+            with torch.no_grad():
+                target = self.model.forward_encoder(**_inputs("text", batch), **_inputs(other, batch))
+            masked = self.model.forward_encoder(**_inputs("text", batch, "pair_text_keep"),
+                                                **_inputs(other, batch, f"pair_{other}_keep"))
+            pred = self.model.decode(masked)
+            for modality, wanted in (("text", pair_text), (other, pair_other)):
+                if wanted:
+                    terms[f"dcl_pair_{modality}"] = _dcl(pred[modality], masked[modality], target[modality])
+        return terms

@@ -1,0 +1,258 @@
+"""Trainer components that need no process group: ds_config resolution, schedule, launcher detection,
+checkpoint selection, warm start and freezing, parameter groups, the step objective."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from onepeace.config import ConfigError, model_config
+from onepeace.model import OnePeace
+from onepeace.recipe import build_recipe, load_recipe, shipped_recipes
+from onepeace.train import checkpoint
+from onepeace.train.config import LossWeights, TrainConfig
+from onepeace.train.distributed import detect, first_host
+from onepeace.train.engine import DEFAULT_DS_CONFIG, param_groups, resolve_ds_config
+from onepeace.train.objective import PretrainObjective
+from onepeace.train.schedule import cosine_factor
+from onepeace.train.warm_start import freeze_all_but, warm_start
+
+
+# ---- DeepSpeed config: "auto" filled from the recipe, contradictions refused ---------------------------
+
+
+def resolve(ds, **train):
+    return resolve_ds_config(ds, TrainConfig(**train), micro_batch=12, world_size=2, device_type="cpu",
+                             source="ds.json")
+
+
+def test_auto_values_come_from_the_recipe():
+    out = resolve(DEFAULT_DS_CONFIG, grad_accum=3, grad_clip=2.5, precision="bf16")
+    assert out["train_micro_batch_size_per_gpu"] == 12 and out["gradient_accumulation_steps"] == 3
+    assert out["train_batch_size"] == 12 * 3 * 2 and out["gradient_clipping"] == 2.5
+    assert out["bf16"]["enabled"] is True and out["fp16"]["enabled"] is False
+    opt = resolve({"optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                            "weight_decay": "auto"}}}, lr=3e-4, weight_decay=0.1)
+    assert opt["optimizer"]["params"] == {"lr": 3e-4, "betas": [0.9, 0.98], "eps": 1e-8, "weight_decay": 0.1}
+
+
+@pytest.mark.parametrize("ds, message", [
+    ({"gradient_clipping": 1.0}, r"ds.json: gradient_clipping is 1.0 but the recipe gives 3.0 \(train.grad_clip\)"),
+    ({"train_micro_batch_size_per_gpu": 8}, r"train_micro_batch_size_per_gpu is 8 but the recipe gives 12"),
+    ({"bf16": {"enabled": True}}, r"bf16.enabled is True but the recipe gives False \(train.precision = fp32\)"),
+    ({"gradient_accumulation_steps": 4}, r"gradient_accumulation_steps is 4 but the recipe gives 1"),
+    ({"train_batch_size": 100}, r"train_batch_size is 100 but the recipe gives 24"),
+    ({"scheduler": {"type": "WarmupLR"}}, r"remove the 'scheduler' section"),
+    ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}, r"offload needs an 'optimizer'"),
+    ({"optimizer": {"type": "Lamb"}}, r"optimizer.type must be AdamW"),
+])
+def test_contradictions_are_errors(ds, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(ds, precision="fp32")
+
+
+def test_fp16_is_refused_on_cpu():
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        resolve(DEFAULT_DS_CONFIG, precision="fp16")
+
+
+def test_shipped_ds_configs_resolve_with_matching_recipes():
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "ds_configs")
+    for name in sorted(os.listdir(root)):
+        if not name.endswith(".json"):
+            continue
+        ds = json.load(open(os.path.join(root, name)))
+        precision = "fp16" if "fp16" in name else "bf16"
+        out = resolve_ds_config(ds, TrainConfig(precision=precision), micro_batch=4, world_size=8,
+                                device_type="cuda", source=name)
+        assert out[precision]["enabled"] is True, name
+
+
+# ---- schedule ---------------------------------------------------------------------------------------
+
+
+def test_cosine_schedule_with_warmup_and_floor():
+    f = [cosine_factor(s, total=100, warmup=10, min_ratio=0.01) for s in range(101)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[55] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f[100] == pytest.approx(0.01) and min(f) >= 0.01 - 1e-12
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+
+
+def test_warmup_ratio_and_steps():
+    assert TrainConfig(steps=1000, warmup_ratio=0.1).warmup == 100
+    assert TrainConfig(steps=1000, warmup_steps=30).warmup == 30
+
+
+# ---- launcher detection -----------------------------------------------------------------------------
+
+
+def test_detect_torchrun_deepspeed_and_single():
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}
+    d = detect(env)
+    assert (d.rank, d.world_size, d.local_rank, d.master_addr, d.master_port, d.launcher) == \
+        (1, 2, 1, "10.0.0.1", 1234, "deepspeed")
+    assert detect({**env, "TORCHELASTIC_RUN_ID": "x"}).launcher == "torchrun"
+    single = detect({})
+    assert (single.rank, single.world_size, single.launcher) == (0, 1, "single") and single.master_port > 0
+
+
+def test_detect_slurm_maps_variables_and_falls_back_to_localhost():
+    env = {"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+           "SLURM_STEP_NODELIST": "nosuchnode[7-8]", "SLURM_JOB_ID": "123456"}
+    d = detect(env)
+    assert (d.rank, d.world_size, d.local_rank, d.launcher) == (3, 4, 1, "slurm")
+    assert d.master_addr == "127.0.0.1"  # nosuchnode7 does not resolve
+    assert d.master_port == 20000 + 123456 % 20000
+    assert detect({**env, "SLURM_STEP_NODELIST": "localhost"}).master_addr == "localhost"
+
+
+def test_first_host_parses_node_lists_without_scontrol(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert first_host("gpu[003-010,012],cpu1") == "gpu003"
+    assert first_host("n1,n2") == "n1"
+    assert first_host("single") == "single"
+
+
+def test_bad_rank_environment_is_an_error():
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        detect({"RANK": "2", "WORLD_SIZE": "2"})
+    with pytest.raises(ValueError, match="RANK='x' is not an integer"):
+        detect({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+
+
+def test_only_complete_checkpoints_are_found(tmp_path):
+    ckpts = tmp_path / "run" / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = ckpts / checkpoint.tag_for(step)
+        d.mkdir(parents=True)
+        if complete:
+            (d / checkpoint.COMPLETE).write_text("{}")
+    assert checkpoint.complete_tags(str(ckpts)) == [(2, "step00000002"), (4, "step00000004")]
+    assert checkpoint.find_checkpoint(str(tmp_path / "run")) == (str(ckpts), "step00000004")
+    assert checkpoint.find_checkpoint(str(ckpts / "step00000002")) == (str(ckpts), "step00000002")
+    with pytest.raises(ConfigError, match="incomplete"):
+        checkpoint.find_checkpoint(str(ckpts / "step00000006"))
+    with pytest.raises(FileNotFoundError):
+        checkpoint.find_checkpoint(str(tmp_path / "nothing"))
+
+
+def test_prune_keeps_the_newest_and_drops_abandoned(tmp_path):
+    for step in (1, 2, 3, 4):
+        d = tmp_path / checkpoint.tag_for(step)
+        d.mkdir()
+        if step != 2:
+            (d / checkpoint.COMPLETE).write_text("{}")
+    (tmp_path / checkpoint.tag_for(9)).mkdir()  # a save in progress (newer than every complete one)
+    checkpoint._prune(str(tmp_path), keep_last=2)
+    assert sorted(os.listdir(tmp_path)) == ["step00000003", "step00000004", "step00000009"]
+
+
+def test_incompatible_model_config_is_named():
+    saved = {**vars(model_config("tiny"))}
+    saved["modalities"] = list(saved["modalities"])
+    checkpoint.check_compatible(saved, model_config("tiny", attention_backend="math"), "ckpt")  # runtime field
+    with pytest.raises(ConfigError, match=r"model.depth: checkpoint 2, now 3"):
+        checkpoint.check_compatible(saved, model_config("tiny", depth=3), "ckpt")
+
+
+# ---- warm start, freezing, optimizer groups ---------------------------------------------------------------
+
+
+def test_stage2_warm_start_and_freezing(tmp_path):
+    stage1 = OnePeace(model_config("tiny", modalities=["text", "image"]))
+    with torch.no_grad():
+        stage1.logit_scale.fill_(4.0)
+    stage1.save_pretrained(str(tmp_path / "s1"))
+    recipe = load_recipe("stage2_al_tiny")
+    stage2 = OnePeace(recipe.model)
+    report = warm_start(stage2, str(tmp_path / "s1"), recipe.train.init_exclude, recipe.train.reset)
+    assert report["reset"] == 1 and report["unused"] > 0  # the image branch is left out
+    s1 = stage1.state_dict()
+    for name, value in stage2.state_dict().items():
+        if "audio" not in name and name != "logit_scale":
+            assert torch.equal(value, s1[name]), name
+    assert stage2.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+    trainable, frozen = freeze_all_but(stage2, recipe.train.trainable)
+    names = {n for n, p in stage2.named_parameters() if p.requires_grad}
+    assert all(n.startswith(("adapters.audio.", "decoder.", "encoder.final_norm.audio.", "proj.audio."))
+               or ".ffn.audio." in n for n in names)
+    assert "encoder.layers.0.ffn.audio.wi.weight" in names and "adapters.text.token_embed.weight" not in names
+    assert "encoder.layers.0.attn.qkv.weight" not in names and "logit_scale" not in names
+    groups = param_groups(stage2, 0.05)
+    assert sum(len(g["params"]) for g in groups) == len(names)  # frozen parameters are not optimised
+    assert trainable + frozen == sum(p.numel() for p in stage2.parameters())
+
+
+def test_warm_start_refuses_missing_parameters(tmp_path):
+    OnePeace(model_config("tiny", modalities=["text", "image"])).save_pretrained(str(tmp_path / "s1"))
+    with pytest.raises(ConfigError, match="lacks .* parameters of this model"):
+        warm_start(OnePeace(model_config("tiny")), str(tmp_path / "s1"))
+
+
+def test_no_weight_decay_on_vectors_positions_and_tokens():
+    model = OnePeace(model_config("tiny"))
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert {"logit_scale", "adapters.image.pos_embed", "adapters.text.cls_token", "rel_bias.tables.text",
+            "decoder.mask_token.image", "encoder.layers.0.attn.q_bias"} <= no_decay_names
+    assert "encoder.layers.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+
+
+# ---- the step objective -----------------------------------------------------------------------------------
+
+
+def image_text_batch(B=3):
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, 1000, (B, 6), generator=g)
+    tokens[0, 4:] = 0
+    return {"images": torch.randn(B, 3, 64, 64, generator=g), "text_tokens": tokens,
+            "text_padding_mask": tokens == 0, "text_keep": torch.tensor([[0, 1, 3], [0, 2, 4], [1, 3, 5]]),
+            "image_keep": torch.stack([torch.arange(4) * 4 + i for i in range(B)]),
+            "pair_text_keep": torch.tensor([[2, -1], [1, 3], [0, 5]]),
+            "pair_image_keep": torch.stack([torch.arange(5) * 3 + i for i in range(B)])}
+
+
+def test_stage1_terms_and_weights():
+    model = OnePeace(model_config("tiny", modalities=["text", "image"]))
+    objective = PretrainObjective(model, {"pairs": "image-text"}, LossWeights())
+    total, terms = objective({"pairs": image_text_batch()})
+    assert set(terms) == {"pairs/itc", "pairs/dcl_text", "pairs/dcl_image", "pairs/dcl_pair_text",
+                          "pairs/dcl_pair_image"}
+    w = {"itc": 1.0, "dcl_text": 0.5, "dcl_image": 1.0, "dcl_pair_text": 0.5, "dcl_pair_image": 0.5}
+    expected = sum(w[k.split("/")[1]] * v for k, v in terms.items())
+    torch.testing.assert_close(total.detach(), expected)
+    total.backward()
+    assert model.logit_scale.grad is not None and model.decoder.mask_token["image"].grad.abs().sum() > 0
+
+
+def test_zero_weights_skip_their_terms():
+    model = OnePeace(model_config("tiny", modalities=["text", "image"]))
+    weights = LossWeights(itc=0.0, dcl_text=0.0, dcl_pair_text=0.0, dcl_pair_image=0.0)
+    total, terms = PretrainObjective(model, {"pairs": "image-text"}, weights)({"pairs": image_text_batch()})
+    assert set(terms) == {"pairs/dcl_image"}
+    with pytest.raises(ValueError, match="weight 0"):
+        PretrainObjective(model, {"pairs": "image-text"}, LossWeights(**{k: 0.0 for k in vars(LossWeights())}))(
+            {"pairs": image_text_batch()})
+
+
+def test_every_shipped_recipe_loads():
+    for name in shipped_recipes():
+        recipe = load_recipe(name)
+        assert recipe.data.train and recipe.train.steps > 0
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown top-level key optimizer"):
+        build_recipe({"optimizer": {}})
+    with pytest.raises(ConfigError, match=r"unknown key train.stpes"):
+        build_recipe({"train": {"stpes": 3}})
+    with pytest.raises(ConfigError, match=r"neither a file nor a shipped recipe"):
+        load_recipe(str(tmp_path / "nope.yaml"))
