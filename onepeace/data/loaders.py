@@ -45,13 +45,14 @@ class DataStream:
     ``bad_samples``: samples skipped (undecodable, unreadable) so far on this rank, for logging.
     """
 
-    def __init__(self, dataset: IterableDataset, data: DataConfig, *, rank: int, world_size: int):
+    def __init__(self, dataset: IterableDataset, data: DataConfig, *, rank: int, world_size: int,
+                 pin_memory: bool = False):
         self.dataset, self.rank, self.world_size = dataset, rank, world_size
         self.bad_samples = 0
         workers = data.num_workers
         self.loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                                  prefetch_factor=data.prefetch_factor if workers > 0 else None,
-                                 persistent_workers=False)
+                                 persistent_workers=False, pin_memory=pin_memory)
 
     def set_epoch(self, epoch: int) -> None:
         """New random streams from the next ``iter()`` on (training): seeds use (seed, epoch, rank, worker)."""
@@ -72,8 +73,10 @@ class DataStream:
 class EvalStream(DataStream):
     """One finite ordered pass over an evaluation set; ranks together see each sample exactly once."""
 
-    def __init__(self, pipeline: TaskPipeline, data: DataConfig, *, rank: int, world_size: int):
-        super().__init__(_EvalBatches(pipeline, data.seed, rank, world_size), data, rank=rank, world_size=world_size)
+    def __init__(self, pipeline: TaskPipeline, data: DataConfig, *, rank: int, world_size: int,
+                 pin_memory: bool = False):
+        super().__init__(_EvalBatches(pipeline, data.seed, rank, world_size), data, rank=rank, world_size=world_size,
+                         pin_memory=pin_memory)
         self.total_samples = pipeline.total_samples
         # Positions p with p % world_size == rank, according to index.json.
         self.num_samples = len(range(rank, self.total_samples, world_size))
@@ -98,26 +101,29 @@ def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 
 def build_train_loader(data: DataConfig, model, tokenizer: Tokenizer | None = None, *, epoch: int = 0,
-                       rank: int | None = None, world_size: int | None = None) -> DataStream:
-    """Endless ``{task_name: batch}`` steps over ``data.train`` (``model``: a ModelConfig)."""
+                       rank: int | None = None, world_size: int | None = None,
+                       pin_memory: bool = False) -> DataStream:
+    """Endless ``{task_name: batch}`` steps over ``data.train`` (``model``: a ModelConfig). ``rank`` and
+    ``world_size`` default to :func:`rank_and_world_size`; ``pin_memory`` for fast copies to a GPU."""
     if not data.train:
         raise ValueError("data.train names no tasks")
     rank, world_size = _placement(rank, world_size)
     tokenizer = _tokenizer(data, tokenizer, model)
     pipelines = {name: TaskPipeline(name, task, data=data, model=model, tokenizer=tokenizer, train=True)
                  for name, task in data.train.items()}
-    stream = DataStream(_TrainSteps(pipelines, data.seed, rank, world_size), data, rank=rank, world_size=world_size)
+    stream = DataStream(_TrainSteps(pipelines, data.seed, rank, world_size), data, rank=rank, world_size=world_size,
+                        pin_memory=pin_memory)
     stream.set_epoch(epoch)
     return stream
 
 
 def build_eval_loader(name: str, data: DataConfig, model, tokenizer: Tokenizer | None = None, *,
-                      rank: int | None = None, world_size: int | None = None) -> EvalStream:
+                      rank: int | None = None, world_size: int | None = None, pin_memory: bool = False) -> EvalStream:
     """Batches of ``data.eval[name]`` in one ordered pass (the last batch may be short)."""
     if name not in data.eval:
         raise KeyError(f"no evaluation set {name!r} in data.eval (have: {', '.join(data.eval) or 'none'})")
     rank, world_size = _placement(rank, world_size)
     pipeline = TaskPipeline(name, data.eval[name], data=data, model=model,
                             tokenizer=_tokenizer(data, tokenizer, model), train=False)
-    return EvalStream(pipeline, data, rank=rank, world_size=world_size)
+    return EvalStream(pipeline, data, rank=rank, world_size=world_size, pin_memory=pin_memory)
 
