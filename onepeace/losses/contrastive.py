@@ -8,6 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+if torch.distributed.is_available():
+    # Imported here, not at first use: importing torch.distributed.nn after init_process_group made a
+    # gloo rank abort at exit now and then ("terminate called without an active exception", torch 2.10).
+    from torch.distributed.nn.functional import all_gather
+
 LOGIT_SCALE_MAX = math.log(100.0)
 
 
@@ -47,8 +52,6 @@ def contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor, *, gather: bool 
     rank, world = _world() if gather else (0, 1)
     if world > 1:
         _check_same_batch(batch, rank, world, a.device)
-        from torch.distributed.nn.functional import all_gather
-
         all_a, all_b = torch.cat(all_gather(a)), torch.cat(all_gather(b))
         labels = labels + rank * batch
     else:
