@@ -7,6 +7,8 @@ serves the whole mixture.
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from typing import Iterator
 
 from torch.utils.data import DataLoader, IterableDataset
@@ -39,6 +41,18 @@ class _EvalBatches(IterableDataset):
         yield from self.pipeline.eval_batches(Placement(self.rank, self.world_size, worker, workers), self.seed)
 
 
+_LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_workers() -> None:
+    """Stop DataLoader workers the polite way before multiprocessing's own exit hook runs (atexit runs
+    hooks last-registered first), which would SIGTERM and then join them: an endless training stream
+    still open at exit, with workers that do not die on SIGTERM, would otherwise hang the exit."""
+    for iterator in list(_LIVE_ITERATORS):
+        iterator._shutdown_workers()
+
+
 class DataStream:
     """An iterable over training steps or evaluation batches that also counts skipped bad samples.
 
@@ -62,8 +76,19 @@ class DataStream:
         self.bad_samples += int(batch.pop(SKIPPED, 0))
         return batch
 
+    def close(self) -> None:
+        """Stop this stream's worker processes now (they also stop at exit or when the stream is dropped)."""
+        for iterator in list(_LIVE_ITERATORS):
+            if getattr(iterator, "_owner", None) is self:
+                iterator._shutdown_workers()
+                _LIVE_ITERATORS.discard(iterator)
+
     def __iter__(self) -> Iterator[dict]:
-        for item in self.loader:
+        iterator = iter(self.loader)
+        if hasattr(iterator, "_shutdown_workers"):  # worker processes: make sure they stop at exit
+            iterator._owner = self
+            _LIVE_ITERATORS.add(iterator)
+        for item in iterator:
             if SKIPPED in item:
                 yield self._count(item)
             else:

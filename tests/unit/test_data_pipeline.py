@@ -334,3 +334,15 @@ def test_unreadable_shards_fail_loudly_instead_of_spinning(corpus, tmp_path):
     cfg = config(corpus, train={"image-text": {"batch_size": 2, "sources": src(folder)}})
     with pytest.raises(RuntimeError, match="in a row"):
         next(iter(build_train_loader(cfg, MODEL, rank=0, world_size=1)))
+
+
+def test_close_stops_worker_processes(corpus):
+    from onepeace.data import loaders
+
+    cfg = config(corpus, num_workers=2, train={"text": {"batch_size": 2, "sources": src(corpus["image-text"])}})
+    loader = build_train_loader(cfg, MODEL, rank=0, world_size=1)
+    next(iter(loader))
+    workers = [w for it in list(loaders._LIVE_ITERATORS) if it._owner is loader for w in it._workers]
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    loader.close()
+    assert not any(w.is_alive() for w in workers)
