@@ -341,7 +341,8 @@ def test_close_stops_worker_processes(corpus):
 
     cfg = config(corpus, num_workers=2, train={"text": {"batch_size": 2, "sources": src(corpus["image-text"])}})
     loader = build_train_loader(cfg, MODEL, rank=0, world_size=1)
-    next(iter(loader))
+    stream = iter(loader)
+    next(stream)
     workers = [w for it in list(loaders._LIVE_ITERATORS) if it._owner is loader for w in it._workers]
     assert len(workers) == 2 and all(w.is_alive() for w in workers)
     loader.close()
