@@ -8,6 +8,7 @@ serves the whole mixture.
 from __future__ import annotations
 
 import atexit
+import signal
 import weakref
 from typing import Iterator
 
@@ -41,6 +42,22 @@ class _EvalBatches(IterableDataset):
         yield from self.pipeline.eval_batches(Placement(self.rank, self.world_size, worker, workers), self.seed)
 
 
+# Seconds a worker keeps serving after SIGTERM: enough for the trainer to finish its step and save.
+TERM_GRACE_S = 120
+
+
+def _term_with_grace(signum, frame) -> None:  # noqa: ARG001
+    signal.alarm(TERM_GRACE_S)  # SIGALRM's default action ends the worker then, if nobody stopped it
+
+
+def _defer_stop_signals(worker_id: int) -> None:  # noqa: ARG001
+    """A SIGTERM to the whole process group (scancel, a time limit) also reaches the workers: they keep
+    serving for a grace period so the trainer can finish the step and checkpoint, then stops them the
+    polite way. SIGUSR1 is the trainer's alone. A plain terminate still ends a worker, only later."""
+    signal.signal(signal.SIGTERM, _term_with_grace)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 _LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -48,7 +65,7 @@ _LIVE_ITERATORS: "weakref.WeakSet" = weakref.WeakSet()
 def _stop_live_workers() -> None:
     """Stop DataLoader workers the polite way before multiprocessing's own exit hook runs (atexit runs
     hooks last-registered first), which would SIGTERM and then join them: an endless training stream
-    still open at exit, with workers that do not die on SIGTERM, would otherwise hang the exit."""
+    still open at exit, with workers that wait out their SIGTERM grace period, would delay the exit."""
     for iterator in list(_LIVE_ITERATORS):
         iterator._shutdown_workers()
 
@@ -66,7 +83,8 @@ class DataStream:
         workers = data.num_workers
         self.loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                                  prefetch_factor=data.prefetch_factor if workers > 0 else None,
-                                 persistent_workers=False, pin_memory=pin_memory)
+                                 persistent_workers=False, pin_memory=pin_memory,
+                                 worker_init_fn=_defer_stop_signals if workers > 0 else None)
 
     def set_epoch(self, epoch: int) -> None:
         """New random streams from the next ``iter()`` on (training): seeds use (seed, epoch, rank, worker)."""

@@ -19,6 +19,7 @@ from ..config import ConfigError
 from ..recipe import Recipe, dump_recipe, load_recipe, shipped_recipes
 from . import checkpoint, distributed as dist_utils
 from .engine import load_ds_config, resolve_ds_config
+from .signals import StopRequest
 
 log = logging.getLogger("onepeace.train")
 
@@ -92,6 +93,7 @@ def prepare(args: argparse.Namespace) -> tuple[Recipe, dict, str, tuple[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop = StopRequest()
     args = build_parser().parse_args(argv)
     try:
         recipe, ds, run_dir, resume, dist = prepare(args)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     device = dist_utils.device_for(dist)
     dist_utils.init(dist, recipe.train.dist_timeout_s)
     try:
-        return _train(recipe, ds, run_dir, resume, dist, device)
+        return _train(recipe, ds, run_dir, resume, dist, device, stop)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         dist_utils.shutdown()
 
 
-def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device) -> int:
+def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -> int:
     from ..eval.periodic import build_periodic_eval
     from ..model import OnePeace
     from .trainer import Trainer
@@ -133,9 +135,10 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device) -> int:
     log.info("model: %s parameters trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
     torch.manual_seed(recipe.train.seed * 1000 + dist.rank)  # per-rank dropout and drop path
     trainer = Trainer(recipe, ds, run_dir, dist, device, model, resume,
-                      evaluate=build_periodic_eval(recipe, dist, device))
+                      evaluate=build_periodic_eval(recipe, dist, device), stop=stop)
     start = time.time()
     outcome = trainer.run()
+    trainer.stream.close()
     trainer.metrics.close()
     log.info("%s at step %d after %.0fs; checkpoints in %s", outcome, trainer.step, time.time() - start,
              trainer.ckpt_dir)

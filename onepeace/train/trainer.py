@@ -28,26 +28,12 @@ from .distributed import DistEnv
 from .engine import initialize
 from .metrics import TrainMetrics, count_samples, count_tokens
 from .objective import PretrainObjective
+from .signals import StopRequest
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-class StopRequest:
-    """Remembers SIGTERM/SIGUSR1; the loop checkpoints and exits at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.signum = signum
 
 
 def to_device(step: dict[str, dict], device: torch.device) -> dict[str, dict]:
@@ -58,7 +44,8 @@ def to_device(step: dict[str, dict], device: torch.device) -> dict[str, dict]:
 class Trainer:
     def __init__(self, recipe: Recipe, ds_config: dict[str, Any], run_dir: str, dist: DistEnv,
                  device: torch.device, model: OnePeace, resume_from: tuple[str, str] | None,
-                 evaluate: Callable[[OnePeace, int], dict[str, float]] | None = None) -> None:
+                 evaluate: Callable[[OnePeace, int], dict[str, float]] | None = None,
+                 stop: StopRequest | None = None) -> None:
         self.recipe, self.run_dir, self.dist, self.device = recipe, run_dir, dist, device
         self.train = recipe.train
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -68,7 +55,7 @@ class Trainer:
         self.engine, self.optimizer, self.scheduler = initialize(self.objective, ds_config, self.train)
         self.metrics = TrainMetrics(run_dir, dist.is_main, device, device_peak_tflops(device))
         self.evaluate = evaluate
-        self.stop = StopRequest()
+        self.stop = stop or StopRequest()
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_total = 0

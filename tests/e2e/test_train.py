@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -90,6 +91,24 @@ def test_sigusr1_saves_a_checkpoint_and_exits_cleanly(tmp_path, demo_corpus):
     step = int(latest[4:])
     assert 2 <= step < 1000 and (tmp_path / "run" / "checkpoints" / latest / "COMPLETE.json").is_file()
     assert f"stopped at step {step}" in text
+
+
+def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, demo_corpus):
+    """What scancel or a time limit does: every process, data workers included, gets SIGTERM."""
+    recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=1000)
+    log = tmp_path / "run.log"
+    proc = start([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--run-dir", str(tmp_path / "run")],
+                 log)
+    try:
+        wait_for_text(log, "step 2/1000", proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    assert "received SIGTERM" in log.read_text()
+    assert (tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
+            / "COMPLETE.json").is_file()
 
 
 def test_torchrun_launcher(tmp_path, demo_corpus):
