@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles small ops on first use; keep them with the environment.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: venv test demo clean-venv
 
@@ -23,6 +24,10 @@ $(STAMP): $(PY) setup.cfg pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Builds the demo corpus, pretrains the tiny model through the deepspeed launcher, evaluates it.
+demo: $(STAMP)
+	$(PY) -m onepeace.demo $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -23,6 +23,8 @@ run() {  # run a step, keep going on failure, remember it
     run $PY benchmarks/attention.py --lengths 72,257 --repeats 1 --warmup 0 --json "$OUT/attention.json"
     run $PY benchmarks/model_step.py --preset tiny --kinds image-text --batch 2 --repeats 1 --warmup 0 \
       --json "$OUT/model_step.json"
+    run $PY benchmarks/train_step.py --presets tiny --batch 2 --steps 1 --warmup 0 --engine torch \
+      --checkpointing both --json "$OUT/train_step.json"
   else
     run $PY -m pytest -q -p no:cacheprovider tests/unit/test_attention_backends.py tests/unit/test_compile.py
     run $PY benchmarks/attention.py --dtype bf16 --batch 32 --json "$OUT/attention.json"
@@ -32,6 +34,9 @@ run() {  # run a step, keep going on failure, remember it
       --json "$OUT/model_step_large.json"
     run $PY benchmarks/model_step.py --preset large --kinds image-text --batch 64 --compile \
       --json "$OUT/model_step_large_compiled.json"
+    # the GPU image has no DeepSpeed: full stage-1 steps with torch AdamW (same model, losses and masks)
+    run $PY benchmarks/train_step.py --presets base,large --batch 64 --engine torch --checkpointing both \
+      --json "$OUT/train_step.json"
   fi
 } 2>&1 | tee "$OUT/log.txt"
 exit $status

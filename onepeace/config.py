@@ -128,7 +128,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         embed_dim=64, depth=2, num_heads=4, ffn_dim=256,
         decoder_dim=64, decoder_depth=2, decoder_heads=4, decoder_ffn_dim=128,
-        vocab_size=1000, image_size=64, audio_conv_dim=64, audio_pos_conv_layers=2,
+        vocab_size=1000, image_size=64, audio_conv_dim=32, audio_pos_conv_layers=2,
         audio_pos_conv_groups=4, max_audio_frames=250, layer_scale_init=0.1,
     ),
     "base": dict(embed_dim=768, depth=12, num_heads=12, ffn_dim=3072, drop_path_rate=0.1),

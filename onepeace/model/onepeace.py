@@ -128,6 +128,32 @@ class OnePeace(nn.Module):
     def forward(self, **inputs: torch.Tensor | None) -> dict[str, ModalityOutput]:
         return self.forward_encoder(**inputs)
 
+    def adapt(
+        self,
+        *,
+        text: torch.Tensor | None = None,
+        text_padding_mask: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
+        audio: torch.Tensor | None = None,
+        audio_padding_mask: torch.Tensor | None = None,
+    ) -> dict[str, AdapterOutput]:
+        """The adapters' outputs (CLS + tokens, padding) for the given modalities. This part of a forward
+        does not depend on which tokens a view keeps, so the views of one batch can share it."""
+        given = {"text": text, "image": image, "audio": audio}
+        out = {}
+        for m in MODALITIES:
+            if given[m] is None:
+                continue
+            if m not in self.adapters:
+                raise ValueError(f"this model has no {m} branch (model.modalities = {list(self.modalities)})")
+            if m == "text":
+                out[m] = self.adapters[m](text, text_padding_mask)
+            elif m == "audio":
+                out[m] = self.adapters[m](audio, audio_padding_mask)
+            else:
+                out[m] = self.adapters[m](image)
+        return out
+
     def forward_encoder(
         self,
         *,
@@ -139,37 +165,38 @@ class OnePeace(nn.Module):
         audio: torch.Tensor | None = None,
         audio_padding_mask: torch.Tensor | None = None,
         audio_keep: torch.Tensor | None = None,
+        adapted: dict[str, AdapterOutput] | None = None,
     ) -> dict[str, ModalityOutput]:
         """Encode one modality or a pair ``[text, image|audio]``; ``*_keep`` drops masked tokens.
 
         ``*_keep`` is ``[B, k]`` int64: indices of the visible content tokens (CLS excluded, so 0 is the
-        first token), ``-1`` for padding slots. Masked tokens never enter the encoder.
+        first token), ``-1`` for padding slots. Masked tokens never enter the encoder. ``adapted`` (from
+        :meth:`adapt`) replaces the raw inputs, so several views of a batch run the adapters once.
         """
-        given = {"text": text, "image": image, "audio": audio}
+        raw = {"text": text, "image": image, "audio": audio}
         keeps = {"text": text_keep, "image": image_keep, "audio": audio_keep}
-        present = [m for m in MODALITIES if given[m] is not None]
+        if adapted is None:
+            if all(v is None for v in raw.values()):
+                raise ValueError("forward_encoder needs at least one of text=, image=, audio= (or adapted=)")
+            adapted = self.adapt(text=text, text_padding_mask=text_padding_mask, image=image, audio=audio,
+                                 audio_padding_mask=audio_padding_mask)
+        elif any(v is not None for v in raw.values()):
+            raise ValueError("give forward_encoder raw inputs or adapted=, not both")
+        present = [m for m in MODALITIES if m in adapted]
         if not present:
-            raise ValueError("forward_encoder needs at least one of text=, image=, audio=")
+            raise ValueError("forward_encoder needs at least one modality")
         if len(present) == 2 and "text" not in present or len(present) == 3:
             raise ValueError(f"a sample is one modality or a pair [text, image] / [text, audio]; got {present}")
-        for m in present:
-            if m not in self.adapters:
-                raise ValueError(f"this model has no {m} branch (model.modalities = {list(self.modalities)})")
         for m, keep in keeps.items():
-            if keep is not None and given[m] is None:
+            if keep is not None and m not in adapted:
                 raise ValueError(f"{m}_keep was given without {m}")
-        batch_sizes = {m: given[m].shape[0] for m in present}
+        batch_sizes = {m: adapted[m].tokens.shape[0] for m in present}
         if len(set(batch_sizes.values())) != 1:
             raise ValueError(f"all modalities of a pair need the same batch size; got {batch_sizes}")
 
         segments, xs, pads, positions, infos = [], [], [], [], []
         for m in present:
-            if m == "text":
-                out = self.adapters[m](text, text_padding_mask)
-            elif m == "audio":
-                out = self.adapters[m](audio, audio_padding_mask)
-            else:
-                out = self.adapters[m](image)
+            out = adapted[m]
             x, pad, local_pos = self._drop_masked(m, out, keeps[m])
             segments.append((m, x.shape[1]))
             xs.append(x)

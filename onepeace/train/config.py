@@ -59,7 +59,8 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 3
-    data_segment_steps: int = 100  # data streams restart every this many updates: resume points
+    data_segment_steps: int = 500  # data streams restart (and reseed) every this many updates; a resume skips
+    # at most one segment of data, a restart refills the shuffle buffers
     eval_every: int = 0  # 0 = only at the end (when data.eval names sets)
     max_nonfinite_in_a_row: int = 20
     dist_timeout_s: int = 600  # a collective waiting longer than this fails the run instead of hanging

@@ -21,17 +21,13 @@ from .config import LossWeights
 PAIR_TASKS = {"image-text": ("image", "itc"), "audio-text": ("audio", "atc")}
 
 
-def _inputs(modality: str, batch: dict, keep_key: str | None = None) -> dict:
-    """forward_encoder keyword arguments for one modality of a batch, optionally with a keep tensor."""
+def _raw_inputs(modality: str, batch: dict) -> dict:
+    """``OnePeace.adapt`` keyword arguments for one modality of a batch."""
     if modality == "text":
-        out = {"text": batch["text_tokens"], "text_padding_mask": batch["text_padding_mask"]}
-    elif modality == "image":
-        out = {"image": batch["images"]}
-    else:
-        out = {"audio": batch["audio"], "audio_padding_mask": batch["audio_padding_mask"]}
-    if keep_key is not None:
-        out[f"{modality}_keep"] = batch[keep_key]
-    return out
+        return {"text": batch["text_tokens"], "text_padding_mask": batch["text_padding_mask"]}
+    if modality == "image":
+        return {"image": batch["images"]}
+    return {"audio": batch["audio"], "audio_padding_mask": batch["audio_padding_mask"]}
 
 
 def _dcl(pred: torch.Tensor, masked: ModalityOutput, target: ModalityOutput) -> torch.Tensor:
@@ -65,42 +61,48 @@ class PretrainObjective(nn.Module):
 
     # ---------------------------------------------------------------------------------------------
 
-    def _single_terms(self, modality: str, batch: dict, full: ModalityOutput | None = None) -> dict:
+    def _encode(self, adapted: dict, modalities: tuple[str, ...], batch: dict | None = None,
+                keep_keys: tuple[str, ...] = ()) -> dict[str, ModalityOutput]:
+        """One view: the given modalities of the shared adapter outputs, with the batch's keep tensors."""
+        keeps = {f"{m}_keep": batch[key] for m, key in zip(modalities, keep_keys)}
+        return self.model.forward_encoder(adapted={m: adapted[m] for m in modalities}, **keeps)
+
+    def _single_terms(self, modality: str, adapted: dict, batch: dict, full: ModalityOutput | None = None) -> dict:
         """The DCL term of one modality's masked-only view (``full``: its unmasked output, if computed)."""
         term = f"dcl_{modality}"
         if getattr(self.weights, term) == 0:
             return {}
         if full is None:
             with torch.no_grad():
-                full = self.model.forward_encoder(**_inputs(modality, batch))[modality]
-        masked = self.model.forward_encoder(**_inputs(modality, batch, f"{modality}_keep"))
+                full = self._encode(adapted, (modality,))[modality]
+        masked = self._encode(adapted, (modality,), batch, (f"{modality}_keep",))
         return {term: _dcl(self.model.decode(masked)[modality], masked[modality], full)}
 
     def _task_terms(self, kind: str, batch: dict) -> dict[str, torch.Tensor]:
         w = self.weights
         if kind in ("image", "audio", "text"):
-            return self._single_terms(kind, batch)
+            return self._single_terms(kind, self.model.adapt(**_raw_inputs(kind, batch)), batch)
         if kind not in PAIR_TASKS:
             raise ValueError(f"unknown task kind {kind!r}")
         other, contrastive_term = PAIR_TASKS[kind]
+        adapted = self.model.adapt(**_raw_inputs("text", batch), **_raw_inputs(other, batch))  # once per batch
         terms: dict[str, torch.Tensor] = {}
-        need_text_full = getattr(w, contrastive_term) > 0 or w.dcl_text > 0
-        need_other_full = getattr(w, contrastive_term) > 0 or getattr(w, f"dcl_{other}") > 0
-        with torch.set_grad_enabled(torch.is_grad_enabled() and getattr(w, contrastive_term) > 0):
-            text_full = self.model.forward_encoder(**_inputs("text", batch))["text"] if need_text_full else None
-            other_full = self.model.forward_encoder(**_inputs(other, batch))[other] if need_other_full else None
-        if getattr(w, contrastive_term) > 0:
+        contrast = getattr(w, contrastive_term) > 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and contrast):
+            text_full = self._encode(adapted, ("text",))["text"] if contrast or w.dcl_text > 0 else None
+            other_full = (self._encode(adapted, (other,))[other]
+                          if contrast or getattr(w, f"dcl_{other}") > 0 else None)
+        if contrast:
             terms[contrastive_term] = contrastive_loss(self.model.embed(other, other_full),
                                                        self.model.embed("text", text_full),
                                                        bounded_logit_scale(self.model.logit_scale))
-        terms.update(self._single_terms("text", batch, text_full))
-        terms.update(self._single_terms(other, batch, other_full))
+        terms.update(self._single_terms("text", adapted, batch, text_full))
+        terms.update(self._single_terms(other, adapted, batch, other_full))
         pair_text, pair_other = w.dcl_pair_text > 0, getattr(w, f"dcl_pair_{other}") > 0
         if pair_text or pair_other:
             with torch.no_grad():
-                target = self.model.forward_encoder(**_inputs("text", batch), **_inputs(other, batch))
-            masked = self.model.forward_encoder(**_inputs("text", batch, "pair_text_keep"),
-                                                **_inputs(other, batch, f"pair_{other}_keep"))
+                target = self._encode(adapted, ("text", other))
+            masked = self._encode(adapted, ("text", other), batch, ("pair_text_keep", f"pair_{other}_keep"))
             pred = self.model.decode(masked)
             for modality, wanted in (("text", pair_text), (other, pair_other)):
                 if wanted:

@@ -193,5 +193,5 @@ def _logit_scale(model: OnePeace) -> float:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters([p]):
-            return float(p)
-    return float(p)
+            return float(p.detach().reshape(-1)[0])
+    return float(p.detach().reshape(-1)[0])

@@ -157,3 +157,34 @@ def test_summary_cli_json():
     assert data["tokens"]["image"] == 257 and data["tokens"]["text"] == 72 and data["tokens"]["image-text"] == 329
     bad = subprocess.run([sys.executable, "-m", "onepeace.summary", "--preset", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr
+
+
+def test_views_can_share_one_adapter_pass(model):
+    """adapt() once, then several views: the same outputs and gradients as running the adapters per view."""
+    model.train()
+    text = torch.randint(3, 1000, (2, 6))
+    audio = torch.randn(2, 6000)
+    keep = torch.tensor([[0, 2, 5], [1, 3, 4]])
+
+    def loss_of(outputs):
+        return sum((o.tokens * torch.linspace(-1, 1, o.tokens.numel()).view_as(o.tokens)).sum()
+                   for out in outputs for o in out.values())
+
+    torch.manual_seed(3)
+    model.zero_grad()
+    separate = [model.forward_encoder(text=text, audio=audio), model.forward_encoder(text=text, text_keep=keep)]
+    loss_of(separate).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    torch.manual_seed(3)
+    model.zero_grad()
+    adapted = model.adapt(text=text, audio=audio)
+    shared = [model.forward_encoder(adapted=adapted),
+              model.forward_encoder(adapted={"text": adapted["text"]}, text_keep=keep)]
+    loss_of(shared).backward()
+    for a, b in zip(shared, separate):
+        for m in a:
+            torch.testing.assert_close(a[m].tokens, b[m].tokens)
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, msg=name)
+    with pytest.raises(ValueError, match="raw inputs or adapted=, not both"):
+        model.forward_encoder(text=text, adapted=adapted)
