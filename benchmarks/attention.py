@@ -22,7 +22,8 @@ from benchmarks._common import (SavedBytes, machine_name, parse_dtype, peak_memo
                                 print_table, time_it, write_json)
 from onepeace.config import model_config  # noqa: E402
 from onepeace.model.position import RelativePositionBias  # noqa: E402
-from onepeace.ops.attention import AttentionBias, attention, available_backends  # noqa: E402
+from onepeace.ops.attention import (AttentionBias, attention, available_backends,  # noqa: E402
+                                    flex_backward_supported)
 
 # length -> segments of (modality, tokens including CLS)
 CASES = {
@@ -89,6 +90,9 @@ def main(argv=None) -> dict:
     dtype = parse_dtype(args.dtype or ("bf16" if device.type == "cuda" else "fp32"))
     batch = args.batch or (32 if device.type == "cuda" else 2)
     backends = args.backends.split(",") if args.backends else available_backends(device.type)
+    if "flex" in backends and not flex_backward_supported(device.type):
+        print(f"note: flex left out: FlexAttention has no backward on {device.type} in torch {torch.__version__}")
+        backends.remove("flex")
     if "math" not in backends:
         backends.insert(0, "math")
     lengths = [int(x) for x in args.lengths.split(",")]

@@ -146,6 +146,22 @@ def xformers_available(device_type: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def flex_backward_supported(device_type: str) -> bool:
+    """Whether FlexAttention can train on this device type (torch 2.11 refuses backward on CPU; 2.10's
+    eager path allowed it). Probed once with a tiny call rather than guessed from version numbers."""
+    if not flex_available():
+        return False
+    if device_type != "cpu":
+        return True
+    q = torch.zeros(1, 1, 4, 16, requires_grad=True)
+    try:
+        _eager_flex(q, q, q).sum().backward()
+    except NotImplementedError:
+        return False
+    return True
+
+
 def available_backends(device_type: str) -> list[str]:
     out = ["math", "sdpa"]
     if flex_available():
@@ -205,6 +221,13 @@ def _sdpa(q, k, v, bias: AttentionBias, scale: float) -> torch.Tensor:
 
 
 def _flex(q, k, v, bias: AttentionBias, scale: float) -> torch.Tensor:
+    if not torch.is_grad_enabled():  # torch 2.11 refuses CPU inputs that merely carry requires_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
+    needs_grad = q.requires_grad or k.requires_grad or v.requires_grad
+    if needs_grad and not torch.compiler.is_compiling() and not flex_backward_supported(q.device.type):
+        raise ValueError(f"attention backend 'flex' cannot train on {q.device.type} with torch {torch.__version__} "
+                         "(FlexAttention has no backward there); use 'auto' or 'sdpa' for training on "
+                         f"{q.device.type}, 'flex' still works for inference")
     compiled = flex_compiles(q.device.type)
     if torch.compiler.is_compiling():  # inside a compiled layer: dynamo captures FlexAttention itself
         from torch.nn.attention.flex_attention import flex_attention as fn

@@ -8,10 +8,14 @@ import torch
 from onepeace.config import model_config
 from onepeace.model import OnePeace
 from onepeace.ops import attention as ops
-from onepeace.ops.attention import AttentionBias, attention, available_backends, resolve_backend
+from onepeace.ops.attention import (AttentionBias, attention, available_backends, flex_backward_supported,
+                                    resolve_backend)
 
 CPU_BACKENDS = [b for b in available_backends("cpu") if b != "math"]
 NO_CUDA = "needs CUDA: xformers and compiled FlexAttention have no CPU kernels"
+NO_FLEX_CPU_GRAD = f"FlexAttention has no CPU backward in torch {torch.__version__} (outputs are still compared)"
+CPU_GRAD_BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(b == "flex" and not flex_backward_supported("cpu"),
+                                                              reason=NO_FLEX_CPU_GRAD)) for b in CPU_BACKENDS]
 
 
 def reference_attention(q, k, v, table, index_map, positions, key_padding):
@@ -65,7 +69,15 @@ def test_math_matches_plain_definition(shared_positions):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("padded", [False, True])
-def test_backend_matches_math_with_gradients(backend, padded):
+def test_backend_matches_math(backend, padded):
+    case = random_case(padded=padded)
+    with torch.no_grad():
+        torch.testing.assert_close(run(backend, *case), run("math", *case), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_GRAD_BACKENDS)
+@pytest.mark.parametrize("padded", [False, True])
+def test_backend_gradients_match_math(backend, padded):
     case = random_case(padded=padded)
     q, k, v, table = case[:4]
     ref = run("math", *case)
@@ -75,13 +87,21 @@ def test_backend_matches_math_with_gradients(backend, padded):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(flex_backward_supported("cpu"), reason="this torch can train FlexAttention on CPU")
+def test_flex_training_on_cpu_is_refused_with_a_reason():
+    q, k, v, table, index_map, positions, pad = random_case()
+    with pytest.raises(ValueError, match="'flex' cannot train on cpu.*use 'auto' or 'sdpa'"):
+        run("flex", q, k, v, table, index_map, positions, pad)
+
+
 def test_no_table_is_padding_only():
     q, k, v, _, _, _, pad = random_case()
     bias = AttentionBias(None, None, None, pad, q.shape[0], q.shape[2])
     ref = reference_attention(q, k, v, torch.zeros(1, q.shape[1]), torch.zeros(1, 1, dtype=torch.long),
                               torch.zeros(1, q.shape[2], dtype=torch.long), pad)
-    for backend in ["math"] + CPU_BACKENDS:
-        torch.testing.assert_close(attention(q, k, v, bias, backend), ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        for backend in ["math"] + CPU_BACKENDS:
+            torch.testing.assert_close(attention(q, k, v, bias, backend), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_fully_padded_query_row_gives_zeros_not_nan():
@@ -144,6 +164,18 @@ def model_outputs(model, backend, inputs):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_model_outputs_match_math(backend):
+    model, inputs = model_case()
+    with torch.no_grad():
+        outputs = {}
+        for name in ("math", backend):
+            model.config.attention_backend = name
+            out = model.forward_encoder(**inputs)
+            outputs[name] = torch.cat([out["text"].tokens.flatten(), out["image"].tokens.flatten()])
+    torch.testing.assert_close(outputs[backend], outputs["math"], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CPU_GRAD_BACKENDS)
 def test_model_backends_match_math(backend):
     model, inputs = model_case()
     ref_out, ref_grads = model_outputs(model, "math", inputs)
