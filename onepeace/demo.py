@@ -13,13 +13,14 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from .train.distributed import free_port
 
 TARGET_TIMES_CHANCE = 5.0
 HEADLINE = (("image-text", "image_to_text/R@1"), ("audio-text", "audio_to_text/R@1"))
@@ -28,12 +29,6 @@ HEADLINE = (("image-text", "image_to_text/R@1"), ("audio-text", "audio_to_text/R
 def _bin(name: str) -> str:
     here = Path(sys.executable).parent / name
     return str(here) if here.exists() else name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(step: str, cmd: list[str], **kwargs) -> None:
@@ -73,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
           "--val-size", str(args.val_size), "--force"])
     shutil.rmtree(run_dir, ignore_errors=True)
     _run(f"2/3 pretraining the tiny model ({ranks} {'GPU' if gpus else 'CPU'} ranks, deepspeed launcher)",
-         [_bin("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(_free_port()), "--module",
+         [_bin("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module",
           "onepeace.train", "--config", "demo", "--run-dir", str(run_dir), "--deepspeed_config",
           str(Path(__file__).resolve().parents[1] / "ds_configs" / "cpu.json"), *overrides],
          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import ctypes
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -129,11 +128,8 @@ def _stdout_to_stderr():
 
 def _start_process_group(dist: dist_utils.DistEnv) -> None:
     """Plain torch.distributed (gloo on CPUs, NCCL on GPUs): evaluation needs no DeepSpeed engine."""
-    dist_utils.export(dist)
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
     with _stdout_to_stderr():
-        torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world_size,
-                                             timeout=datetime.timedelta(seconds=TIMEOUT_S))
+        dist_utils.init(dist, TIMEOUT_S, use_deepspeed=False)
 
 
 def _fail(message: str, dist: dist_utils.DistEnv | None) -> int:

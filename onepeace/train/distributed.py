@@ -35,7 +35,7 @@ class DistEnv:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -99,7 +99,7 @@ def detect(env: dict | None = None) -> DistEnv:
     else:
         launcher, rank, world, local = "single", 0, 1, 0
         addr = env.get("MASTER_ADDR", "127.0.0.1")
-        port = _int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port()
+        port = _int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port()
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in [0, world size {world}) ({launcher} environment)")
     return DistEnv(rank, world, local, addr, port, launcher)
@@ -118,16 +118,19 @@ def device_for(dist: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def init(dist: DistEnv, timeout_s: int) -> None:
+def init(dist: DistEnv, timeout_s: int, use_deepspeed: bool = True) -> None:
     """Start the process group (NCCL on GPUs, gloo on CPUs) with a bounded collective timeout, so a dead
-    rank makes the others fail instead of hang."""
-    import deepspeed
-
+    rank makes the others fail instead of hang. Without DeepSpeed (evaluation) plain torch.distributed."""
     export(dist)
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False,
-                               timeout=datetime.timedelta(seconds=timeout_s), rank=dist.rank,
-                               world_size=dist.world_size)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if not use_deepspeed:
+        torch.distributed.init_process_group(backend, rank=dist.rank, world_size=dist.world_size, timeout=timeout)
+        return
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout,
+                               rank=dist.rank, world_size=dist.world_size)
 
 
 def shutdown() -> None:

@@ -11,6 +11,7 @@ import torch
 from onepeace.model import OnePeace
 from onepeace.recipe import load_recipe
 from onepeace.train import checkpoint, distributed
+from onepeace.train.cli import micro_batch_size
 from onepeace.train.engine import initialize, load_ds_config, resolve_ds_config
 from onepeace.train.objective import PretrainObjective
 
@@ -20,7 +21,7 @@ recipe = load_recipe(recipe_path)
 dist = distributed.detect()
 distributed.init(dist, 120)
 ds, _ = load_ds_config(ds_path)
-ds = resolve_ds_config(ds, recipe.train, micro_batch=sum(t.batch_size for t in recipe.data.train.values()),
+ds = resolve_ds_config(ds, recipe.train, micro_batch=micro_batch_size(recipe),
                        world_size=dist.world_size, device_type="cpu")
 model = OnePeace(recipe.model)
 objective = PretrainObjective(model, {n: t.kind for n, t in recipe.data.train.items()}, recipe.train.loss_weights)
