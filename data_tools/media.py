@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageFile, ImageOps
 
+from onepeace.data.decode import to_8bit
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode half grey
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -57,6 +59,7 @@ def clean_text(text: str) -> str:
 def _to_rgb(im: Image.Image) -> Image.Image:
     if im.mode == "RGB":
         return im
+    im = to_8bit(im)  # 16-bit and float greyscale: scaled, not clipped to white
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))

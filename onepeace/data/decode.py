@@ -25,6 +25,32 @@ class BadSample(ValueError):
     """A sample that cannot be used; skipped and counted by :class:`SkipCounter`."""
 
 
+# Modes whose samples are wider than 8 bits. ``convert("RGB")`` clips them (every 16-bit value above
+# 255 becomes white), so they are rescaled to 8 bits first.
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(im: Image.Image) -> Image.Image:
+    """A greyscale image with more than 8 bits per sample scaled to mode ``L``; other images unchanged.
+
+    ``I;16`` (16-bit PNG and TIFF) and ``I`` (32-bit integers, in practice 16-bit data) are mapped from
+    [0, 65535] to [0, 255]; ``F`` from [0, 1]. Values outside that nominal range (negative, or above it)
+    leave no fixed scale to use, so the image is stretched from its own minimum to its maximum.
+    """
+    if im.mode not in HIGH_DEPTH_MODES:
+        return im
+    a = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"mode {im.mode} image holds NaN or infinite values")
+    top = 1.0 if im.mode == "F" else 65535.0
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, top)
+    if lo < 0 or hi > top:
+        top = hi - lo
+        a = a - lo
+    scaled = np.rint(a * (255.0 / top)) if top > 0 else np.zeros_like(a)
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))  # mode L
+
+
 def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     """RGB image; with ``min_side``, a JPEG at least twice that size is decoded at 1/2, 1/4 or 1/8
     scale in the DCT domain (much cheaper), never below ``min_side`` on its shorter side."""
@@ -33,7 +59,7 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
         scale = min_side / min(im.size)
         im.draft("RGB", (math.ceil(im.size[0] * scale), math.ceil(im.size[1] * scale)))
     im.load()
-    return im if im.mode == "RGB" else im.convert("RGB")
+    return im if im.mode == "RGB" else to_8bit(im).convert("RGB")
 
 
 def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:

@@ -319,3 +319,41 @@ def test_progress_bar_and_summary(tmp_path):
     assert "sample/s" in proc.stderr and "wrote 3 samples in 1 shard" in proc.stderr
     assert "rejected 2 samples: duplicate_id 1, missing_file 1" in proc.stderr
     np.testing.assert_equal(proc.stdout, "")
+
+
+def _grey_of(jpeg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(__import__("io").BytesIO(jpeg)).convert("L"), dtype=np.float64)
+
+
+def test_high_depth_greyscale_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """A 16-bit PNG ramp (and 32-bit int / float TIFFs) keep their gradient: convert("RGB") alone clips
+    every value above 255 to white."""
+    root = str(tmp_path)
+    ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    os.makedirs(f"{root}/i")
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(f"{root}/i/sixteen.png")
+    assert Image.open(f"{root}/i/sixteen.png").mode == "I;16"
+    Image.fromarray((ramp * 65535).astype(np.int32)).save(f"{root}/i/int32.tif")
+    assert Image.open(f"{root}/i/int32.tif").mode == "I"
+    Image.fromarray(ramp.astype(np.float32)).save(f"{root}/i/float.tif")
+    assert Image.open(f"{root}/i/float.tif").mode == "F"
+    rows = [[n, f"i/{n}"] for n in ("sixteen.png", "int32.tif", "float.tif")]
+    manifest = write_tsv(f"{root}/img.tsv", ["id", "image"], rows)
+    assert build("--manifest", manifest, "--out", f"{root}/out", "--jpeg-quality", "95") == 0
+    samples = {s["meta"]["id"]: s for s in shard_samples(f"{root}/out").values()}
+    assert sorted(samples) == ["float.tif", "int32.tif", "sixteen.png"]
+    for name, s in samples.items():
+        grey = _grey_of(s["jpg"])
+        assert np.abs(grey - ramp * 255).mean() < 3, name  # the ramp survives (JPEG noise aside)
+        assert grey[:16].mean() < 64 and grey[-16:].mean() > 192, name
+
+
+def test_shard_decoder_scales_16_bit_images_too():
+    from onepeace.data.decode import decode_image
+
+    ramp = (np.linspace(0, 1, 32 * 32).reshape(32, 32) * 65535).astype(np.uint16)
+    buf = __import__("io").BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    rgb = np.asarray(decode_image(buf.getvalue()), dtype=np.float64)
+    assert rgb.shape == (32, 32, 3)
+    assert np.abs(rgb[..., 0] - ramp / 257).max() <= 1
