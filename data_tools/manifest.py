@@ -10,7 +10,7 @@ import csv
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from onepeace.data.formats import KIND_COLUMNS, KINDS, MANIFEST_COLUMNS
 
@@ -44,6 +44,63 @@ def _check_utf8(row: Row) -> Row:
 
 def _open_text(path: str, newline: str | None = None):
     return open(path, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+
+
+# A quoted CSV field may hold line breaks, but no caption spans this many lines: a quote still open after
+# them was never closed, and the lines after it are rows of their own.
+MAX_LINES_PER_CSV_ROW = 32
+
+
+def csv_records(lines: Iterable[str]) -> Iterator[tuple[int, list[str] | None, str | None]]:
+    """``(first line, cells, None)`` per CSV record, or ``(first line, None, problem)`` for a malformed one.
+
+    ``csv.reader`` alone lets an unterminated quote swallow every following row into one caption (up to
+    the next stray quote or the end of the file). Here each record is parsed strictly on its own; one
+    whose quote never closes (by the end of the file or within :data:`MAX_LINES_PER_CSV_ROW` lines), whose
+    quoting is malformed, or that spans lines and ends with the wrong number of fields, is reported on its
+    first line, and reading resumes on the line after that one, so the rows that follow are kept.
+    """
+    source = iter(lines)
+    pushed_back: list[str] = []  # lines read ahead of a bad record, the next one last
+    record: list[str] = []  # the physical lines of the record being parsed
+
+    def feed() -> Iterator[str]:
+        while len(record) < MAX_LINES_PER_CSV_ROW:
+            line = pushed_back.pop() if pushed_back else next(source, None)
+            if line is None:
+                return
+            record.append(line)
+            yield line
+
+    lineno = 0  # physical lines consumed
+    width: int | None = None  # fields per record, from the header
+    while True:
+        record.clear()
+        cells: list[str] | None = None
+        problem = None
+        try:
+            cells = next(csv.reader(feed(), strict=True))
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                problem = f"unterminated quote: the quoted field opened on line {lineno + 1} is never closed"
+            elif len(record) > 1:
+                problem = (f"unterminated quote: the quoted field opened on line {lineno + 1} runs into line "
+                           f"{lineno + len(record)} and breaks there ({exc})")
+            else:
+                problem = f"malformed quoting: {exc}"
+        if problem is None and len(record) > 1 and width is not None and len(cells) != width:
+            problem = (f"a quoted field spans lines {lineno + 1}-{lineno + len(record)} and leaves {len(cells)} "
+                       f"fields where the header has {width}: probably an unterminated quote")
+        if problem is not None and len(record) > 1:
+            pushed_back.extend(reversed(record[1:]))  # the lines after the bad one are rows of their own
+            del record[1:]
+        start = lineno + 1
+        lineno += len(record)
+        if problem is None and width is None:
+            width = len(cells)
+        yield start, (None if problem else cells), problem
 
 
 class Manifest:
@@ -171,25 +228,26 @@ class Manifest:
         with _open_text(self.path, newline="") as f:
             if delimiter == "\t":
                 # Plain TSV: no quoting, a tab never occurs inside a field.
-                reader = (line.rstrip("\r\n").split("\t") for line in f)
-                line_of = None
+                records = ((i, line.rstrip("\r\n").split("\t"), None) for i, line in enumerate(f, start=1))
             else:
-                reader = csv.reader(f)
-                line_of = reader
+                records = csv_records(f)
             header = None
             n = 0
-            lineno = 0
-            for cells in reader:
-                start = lineno + 1
-                lineno = line_of.line_num if line_of is not None else lineno + 1
+            for start, cells, problem in records:
                 if header is None:
+                    if problem is not None:
+                        raise ManifestError(f"{self.path}:{start}: header line: {problem}")
                     header = self._header(cells)
                     self.columns_from_header = header
                     continue
-                if not cells or (len(cells) == 1 and not cells[0].strip()):
+                if problem is None and (not cells or (len(cells) == 1 and not cells[0].strip())):
                     continue
                 row = Row(row=n, line=start)
                 n += 1
+                if problem is not None:
+                    row.problem = ("bad_row", problem)
+                    yield row
+                    continue
                 row.fields = dict(zip(header, cells))
                 _check_utf8(row)
                 if len(cells) > len(header):

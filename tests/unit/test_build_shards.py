@@ -357,3 +357,26 @@ def test_shard_decoder_scales_16_bit_images_too():
     rgb = np.asarray(decode_image(buf.getvalue()), dtype=np.float64)
     assert rgb.shape == (32, 32, 3)
     assert np.abs(rgb[..., 0] - ramp / 257).max() <= 1
+
+
+def test_csv_unterminated_quote_is_rejected_and_the_rows_after_it_are_kept(tmp_path):
+    root = str(tmp_path)
+    for i in range(5):
+        write_image(f"{root}/p{i}.png", seed=i)
+    with open(f"{root}/m.csv", "w") as f:
+        f.write('id,image,text\n'
+                'a,p0.png,"fine, quoted"\n'
+                'b,p1.png,"never closed\n'
+                'c,p2.png,a 5" screen\n'  # a quote inside an unquoted field is literal
+                'd,p3.png,"two\nlines"\n'
+                'e,p4.png,"bad"quoting\n'
+                'f,p0.png,"open again\n'
+                'g,p1.png,plain\n')
+    assert build("--manifest", f"{root}/m.csv", "--out", f"{root}/csv") == 0
+    texts = {s["meta"]["id"]: s["txt"].decode() for s in shard_samples(f"{root}/csv").values()}
+    assert texts == {"a": "fine, quoted", "c": 'a 5" screen', "d": "two lines", "g": "plain"}
+    rejects = {r["source"]: (r["reason"], r["detail"]) for r in rejects_of(f"{root}/csv")}
+    assert sorted(rejects) == ["m.csv:3", "m.csv:7", "m.csv:8"]
+    assert rejects["m.csv:3"][0] == "bad_row" and "quote" in rejects["m.csv:3"][1]
+    assert rejects["m.csv:7"][0] == "bad_row" and "quoting" in rejects["m.csv:7"][1]
+    assert rejects["m.csv:8"] == ("bad_row", "unterminated quote: the quoted field opened on line 8 is never closed")
