@@ -123,11 +123,15 @@ def _prepare(plan: BuildPlan, journal: Journal, resume: bool, overwrite: bool) -
             os.remove(path)
         old_header, records = None, []
     elif resume and done and old_header is None:
+        changed = _changed(header, _header_of_finished_build(plan.out_dir))
+        if changed:
+            raise BuildError(f"cannot --resume in {plan.out_dir}: it holds a finished build whose {', '.join(changed)} "
+                             "differ from this command's; use the same manifest and flags, another --out, or "
+                             "--overwrite to replace it")
         return None
     if old_header is not None and old_header != header:
-        changed = sorted(k for k in header if header.get(k) != old_header.get(k))
-        raise BuildError(f"cannot --resume in {plan.out_dir}: {', '.join(changed)} changed since the build started; "
-                         "use the same manifest and flags, or --overwrite to start over")
+        raise BuildError(f"cannot --resume in {plan.out_dir}: {', '.join(_changed(header, old_header))} changed since "
+                         "the build started; use the same manifest and flags, or --overwrite to start over")
     # Keep the journal prefix whose shards are still intact on disk.
     good = []
     for record in records:
@@ -141,6 +145,20 @@ def _prepare(plan: BuildPlan, journal: Journal, resume: bool, overwrite: bool) -
         os.remove(tmp)
     journal.rewrite(header, good)
     return good
+
+
+def _header_of_finished_build(out_dir: str) -> dict:
+    """The journal header a finished build's index.json stands for (see :meth:`BuildPlan.header`)."""
+    index = load_index(out_dir)
+    source = dict(index.get("source") or {})
+    return {"name": index.get("name"), "kind": index.get("kind"), "settings": index.get("settings"),
+            "manifest_sha256": source.pop("manifest_sha256", None), "source": source}
+
+
+def _changed(header: dict, old: dict) -> list[str]:
+    """Keys whose values differ; a manifest hash the old build did not record is not compared."""
+    return sorted(k for k in header if header.get(k) != old.get(k)
+                  and not (k == "manifest_sha256" and old.get(k) is None))
 
 
 def _rows_to_process(plan: BuildPlan, ctx: SampleContext, start_row: int) -> Iterator[tuple[Row, str]]:
@@ -239,8 +257,9 @@ def _finish(plan: BuildPlan, journal: Journal, records: list[dict], log: Callabl
         os.remove(journal.path)
         raise BuildError(f"{plan.manifest.path}: no usable rows: all {len(rejects)} rows of this split were rejected "
                          f"({_reason_list(reasons)}); see {rejects_path}")
+    source = {**plan.source(), "manifest_sha256": plan.header()["manifest_sha256"]}
     index = make_index(kind=plan.manifest.kind, name=plan.name, shards=shards,
-                       settings=dataclasses.asdict(plan.settings), source=plan.source(),
+                       settings=dataclasses.asdict(plan.settings), source=source,
                        rejected=dict(reasons), build_seconds=seconds)
     write_index(plan.out_dir, index)
     os.remove(journal.path)

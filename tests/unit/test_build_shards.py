@@ -230,6 +230,25 @@ def test_existing_build_needs_resume_or_overwrite(tmp_path, capsys):
     assert len(index_of(out)["shards"]) == 4
 
 
+def test_resume_into_a_finished_build_of_other_input_is_refused(tmp_path, capsys):
+    """--resume over a finished build must not report "already complete" for another manifest or flags."""
+    manifest = _manifest_of_images(str(tmp_path), 4)
+    out = f"{tmp_path}/o"
+    assert build("--manifest", manifest, "--out", out) == 0
+    before = index_of(out)
+    assert build("--manifest", manifest, "--out", out, "--resume", "--image-size", "32") == 1
+    err = capsys.readouterr().err
+    assert "cannot --resume" in err and "settings" in err and "already complete" not in err
+    other = _manifest_of_images(f"{tmp_path}/other", 5, name="m.tsv")
+    assert build("--manifest", other, "--out", out, "--resume", "--name", "m") == 1
+    assert "manifest_sha256" in capsys.readouterr().err
+    with open(manifest, "a") as f:
+        f.write("late\timg/0.png\tedited after the build\n")
+    assert build("--manifest", manifest, "--out", out, "--resume") == 1
+    assert "manifest_sha256" in capsys.readouterr().err
+    assert index_of(out) == before
+
+
 def test_resume_after_killed_build_matches_uninterrupted_build(tmp_path):
     root = str(tmp_path)
     manifest = _manifest_of_images(root, 12)
