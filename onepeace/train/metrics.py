@@ -59,15 +59,24 @@ class TrainMetrics:
         self.sums["perf/seconds"] += step_s
         self.sums["perf/data_seconds"] += data_s
 
-    def log(self, step: int, total_steps: int, extra: dict[str, float]) -> dict[str, float]:
-        """Reduce the window over ranks, write it, reset it; returns what was written."""
+    def log(self, step: int, total_steps: int, extra: dict[str, float],
+            summed: dict[str, float] | None = None) -> dict[str, float]:
+        """Reduce the window over ranks, write it, reset it; returns what was written.
+
+        ``extra`` values are the same on every rank (or rank 0's are meant); ``summed`` ones are per-rank
+        counts (bad samples) written as their total over all ranks, in the same single all-reduce.
+        """
+        summed = summed or {}
         keys = sorted(self.sums)
-        values = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64, device=self.device)
+        values = torch.tensor([self.sums[k] for k in keys] + [summed[k] for k in sorted(summed)],
+                              dtype=torch.float64, device=self.device)
         world = 1
         if torch.distributed.is_initialized():
             world = torch.distributed.get_world_size()
             torch.distributed.all_reduce(values)
-        sums = dict(zip(keys, values.tolist()))
+        totals = values.tolist()
+        sums = dict(zip(keys, totals[:len(keys)]))
+        extra = {**extra, **dict(zip(sorted(summed), totals[len(keys):]))}
         n = max(self.steps, 1)
         seconds = sums["perf/seconds"] / world  # ranks run in lockstep: the mean step time
         out = {k: v / (n * world) for k, v in sums.items() if k.startswith("loss/")}

@@ -173,11 +173,12 @@ class Trainer:
         bad = self._bad_samples_before + self.stream.bad_samples
         scale = math.exp(min(max(_logit_scale(model), 0.0), LOGIT_SCALE_MAX))
         extra = {"train/lr": self.scheduler.get_last_lr()[0], "train/logit_scale": scale,
-                 "train/nonfinite_skipped": float(self.nonfinite_total), "data/bad_samples": float(bad),
+                 "train/nonfinite_skipped": float(self.nonfinite_total),
                  "train/samples_seen": float(self.samples_seen)}
         if grad_norm is not None:
             extra["train/grad_norm"] = float(grad_norm)
-        self.metrics.log(self.step, self.train.steps, extra)
+        # Each rank reads its own shards: the run's bad samples are the sum over ranks.
+        self.metrics.log(self.step, self.train.steps, extra, summed={"data/bad_samples": float(bad)})
 
     def _evaluate(self) -> None:
         self.engine.eval()
