@@ -44,6 +44,19 @@ def complete_tags(ckpt_dir: str) -> list[tuple[int, str]]:
     return sorted(out)
 
 
+def step_dirs(ckpt_dir: str) -> list[str]:
+    """Every ``stepNNNNNNNN`` directory, complete or not, oldest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return sorted(name for name in os.listdir(ckpt_dir)
+                  if TAG_RE.match(name) and os.path.isdir(os.path.join(ckpt_dir, name)))
+
+
+def incomplete_tags(ckpt_dir: str) -> list[str]:
+    """Step directories without a COMPLETE marker: saves that were interrupted (or not ours)."""
+    return [name for name in step_dirs(ckpt_dir) if not os.path.isfile(os.path.join(ckpt_dir, name, COMPLETE))]
+
+
 def find_checkpoint(path: str) -> tuple[str, str]:
     """``(checkpoints dir, tag)`` from a run directory, a checkpoints directory or one checkpoint."""
     path = os.path.abspath(path)
@@ -136,16 +149,14 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def _prune(ckpt_dir: str, keep_last: int) -> None:
-    """Keep the newest ``keep_last`` complete checkpoints; drop older and abandoned (incomplete) ones."""
+    """Keep the newest ``keep_last`` complete checkpoints and drop older complete ones.
+
+    Only complete checkpoints are ever removed: the run that saves here either started in an empty
+    checkpoints directory or resumed from it, so they are its own. A directory without a COMPLETE marker
+    may be anything (a save in progress elsewhere, a copy being restored) and is left alone.
+    """
     tags = complete_tags(ckpt_dir)
-    if not tags:
-        return
-    newest = tags[-1][0]
     doomed = [tag for _, tag in tags[:-keep_last]]
-    for name in os.listdir(ckpt_dir):
-        m = TAG_RE.match(name)
-        if m and int(m.group(1)) < newest and not os.path.isfile(os.path.join(ckpt_dir, name, COMPLETE)):
-            doomed.append(name)
     for tag in doomed:
         shutil.rmtree(os.path.join(ckpt_dir, tag), ignore_errors=True)
         log.info("removed old checkpoint %s", tag)

@@ -60,17 +60,35 @@ def setup_logging(run_dir: str, rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _named(tags: list[str]) -> str:
+    return ", ".join(tags[:5]) + (f" and {len(tags) - 5} more" if len(tags) > 5 else "")
+
+
 def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
+    """The checkpoint to resume from, or None for a fresh start.
+
+    A fresh start is only made in a run directory without step directories: starting over an earlier
+    run's checkpoints (complete or not) would mix two runs' checkpoints and could prune the other's.
+    """
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    if arg == "none":
-        if checkpoint.complete_tags(ckpt_dir):
+    existing = checkpoint.step_dirs(ckpt_dir)
+    complete = checkpoint.complete_tags(ckpt_dir)
+    if arg in ("none", "auto"):
+        if complete and arg == "auto":
+            return ckpt_dir, complete[-1][1]
+        if complete:
             raise ConfigError(f"{run_dir} already has checkpoints: pass --resume auto to continue that run, or "
                               "choose another --run-dir")
+        if existing:
+            raise ConfigError(f"{ckpt_dir} holds step directories but no complete checkpoint ({_named(existing)}: "
+                              "saves that were interrupted, or not made by onepeace-pretrain); refusing to start "
+                              "a fresh run over them. Move or delete them, or choose another --run-dir")
         return None
-    if arg == "auto":
-        tags = checkpoint.complete_tags(ckpt_dir)
-        return (ckpt_dir, tags[-1][1]) if tags else None
-    return checkpoint.find_checkpoint(arg)
+    found = checkpoint.find_checkpoint(arg)
+    if existing and os.path.abspath(found[0]) != os.path.abspath(ckpt_dir):
+        raise ConfigError(f"--resume {arg}: {ckpt_dir} already holds another run's step directories "
+                          f"({_named(existing)}); pick an empty --run-dir to continue from {os.path.join(*found)}")
+    return found
 
 
 def micro_batch_size(recipe: Recipe) -> int:

@@ -142,7 +142,7 @@ def test_only_complete_checkpoints_are_found(tmp_path):
         checkpoint.find_checkpoint(str(tmp_path / "nothing"))
 
 
-def test_prune_keeps_the_newest_and_drops_abandoned(tmp_path):
+def test_prune_keeps_the_newest_complete_and_never_touches_incomplete(tmp_path):
     for step in (1, 2, 3, 4):
         d = tmp_path / checkpoint.tag_for(step)
         d.mkdir()
@@ -150,7 +150,29 @@ def test_prune_keeps_the_newest_and_drops_abandoned(tmp_path):
             (d / checkpoint.COMPLETE).write_text("{}")
     (tmp_path / checkpoint.tag_for(9)).mkdir()  # a save in progress (newer than every complete one)
     checkpoint._prune(str(tmp_path), keep_last=2)
-    assert sorted(os.listdir(tmp_path)) == ["step00000003", "step00000004", "step00000009"]
+    assert sorted(os.listdir(tmp_path)) == ["step00000002", "step00000003", "step00000004", "step00000009"]
+
+
+def test_resume_auto_over_incomplete_step_directories_is_refused_naming_them(tmp_path):
+    from onepeace.train.cli import resolve_resume
+
+    run = tmp_path / "run"
+    assert resolve_resume("auto", str(run)) is None  # nothing there: a fresh start
+    for step in (5, 10):
+        (run / "checkpoints" / checkpoint.tag_for(step)).mkdir(parents=True)
+    for arg in ("auto", "none"):
+        with pytest.raises(ConfigError, match="step00000005, step00000010.*no complete|no complete.*step00000005"):
+            resolve_resume(arg, str(run))
+    (run / "checkpoints" / "step00000005" / checkpoint.COMPLETE).write_text("{}")
+    assert resolve_resume("auto", str(run)) == (str(run / "checkpoints"), "step00000005")
+    with pytest.raises(ConfigError, match="already has checkpoints"):
+        resolve_resume("none", str(run))
+    other = tmp_path / "other" / "checkpoints" / "step00000003"
+    other.mkdir(parents=True)
+    (other / checkpoint.COMPLETE).write_text("{}")
+    with pytest.raises(ConfigError, match="another run's step directories"):
+        resolve_resume(str(other), str(run))
+    assert resolve_resume(str(other), str(tmp_path / "fresh")) == (str(other.parent), "step00000003")
 
 
 def test_incompatible_model_config_is_named():
