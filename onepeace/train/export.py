@@ -17,13 +17,32 @@ import torch
 from ..config import ConfigError, load_yaml
 from ..model import OnePeace
 from ..recipe import build_recipe
-from .checkpoint import find_checkpoint
+from ..model.onepeace import WEIGHTS_FILE
+from .checkpoint import TAG_RE, find_checkpoint, step_dirs
 from .warm_start import load_weights
 
 TOKENIZER_DIR = "tokenizer"
 
 
-def export(source: str, out_dir: str, dtype: str = "fp32") -> str:
+def check_out_dir(out_dir: str, force: bool) -> None:
+    """Refuse an output that would overwrite something: a file, a run or checkpoint directory (never,
+    even with ``force``: config.yaml there is the run's recipe), any other non-empty directory (unless
+    ``force``)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"{out_dir} is a file, not a directory: pass a directory to export into")
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    ckpt = os.path.join(out_dir, "checkpoints")
+    if os.path.isdir(ckpt) or TAG_RE.match(os.path.basename(os.path.normpath(out_dir))) or step_dirs(out_dir):
+        raise ConfigError(f"{out_dir} is a training run or checkpoint directory: exporting into it would replace "
+                          "its files (config.yaml is the run's recipe); pick a new directory")
+    if not force:
+        raise ConfigError(f"{out_dir} is not empty: pass --force to write config.yaml, {WEIGHTS_FILE} and "
+                          f"{TOKENIZER_DIR}/ into it anyway, or pick a new directory")
+
+
+def export(source: str, out_dir: str, dtype: str = "fp32", force: bool = False) -> str:
+    check_out_dir(out_dir, force)
     ckpt_dir, tag = find_checkpoint(source)
     run_dir = os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
     config_file = os.path.join(run_dir, "config.yaml")
@@ -60,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source", help="a run directory (newest complete checkpoint), or one checkpoint directory")
     p.add_argument("out_dir", help="where config.yaml, model.pt and tokenizer/ are written")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the saved weights")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty OUT_DIR (never into a run or checkpoint directory)")
     args = p.parse_args(argv)
     try:
-        used = export(args.source, args.out_dir, args.dtype)
+        used = export(args.source, args.out_dir, args.dtype, args.force)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"onepeace-export: error: {exc}", file=sys.stderr)
         return 2

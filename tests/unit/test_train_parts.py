@@ -278,3 +278,26 @@ def test_recipe_errors_name_the_key(tmp_path):
         build_recipe({"train": {"stpes": 3}})
     with pytest.raises(ConfigError, match=r"neither a file nor a shipped recipe"):
         load_recipe(str(tmp_path / "nope.yaml"))
+
+
+def test_export_refuses_run_directories_files_and_non_empty_directories(tmp_path, capsys):
+    from onepeace.train.export import main as export_main
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step00000002").mkdir(parents=True)
+    (run / "checkpoints" / "step00000002" / "rng_rank00000.pt").write_text("x")
+    (run / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    cases = {str(run): "training run or checkpoint directory", str(run / "checkpoints"): "training run",
+             str(run / "checkpoints" / "step00000002"): "training run", str(tmp_path / "afile"): "is a file",
+             str(tmp_path / "full"): "not empty: pass --force"}
+    for out, words in cases.items():
+        assert export_main([str(run), out]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, err
+    for out in (str(run), str(run / "checkpoints" / "step00000002")):  # --force does not open a run directory
+        assert export_main([str(run), out, "--force"]) == 2
+        assert "training run" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == "model: {}\n" and (tmp_path / "full" / "notes.txt").read_text() == "mine"
