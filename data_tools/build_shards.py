@@ -11,6 +11,7 @@ The output layout is specified in docs/data_format.md.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -25,13 +26,33 @@ from onepeace.data.shards import ShardSpecError
 PROG = "python -m data_tools.build_shards"
 
 
+# The smallest shard that can hold one sample: a tar header and a data block for KEY.json and for one
+# media member. A cap below it could never be met.
+MIN_SHARD_BYTES = 4 * 512
+
+
 def parse_bytes(text: str) -> int:
-    """'1000000', '500M', '1G', '1.5GB' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
+    """'1000000', '500M', '1G', '1.5GB' (decimal: 10^9), '1GiB' (binary: 2^30) -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(?:([kKmMgGtT])(i?)[bB]?|[bB])?\s*", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1000000, 500M or 1G")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1000000, 500M, 1G or 1GiB")
+    prefix, binary = (m.group(2) or "").lower(), bool(m.group(3))
+    power = " kmgt".index(prefix) if prefix else 0
+    size = int(float(m.group(1)) * (1024 if binary else 1000) ** power)
+    if size < MIN_SHARD_BYTES:
+        raise argparse.ArgumentTypeError(f"{text!r} is {size} bytes, below one sample (a shard needs at least "
+                                         f"{MIN_SHARD_BYTES} bytes for its smallest sample)")
+    return size
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -67,21 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=KINDS,
                    help="what each sample holds (default: inferred from the manifest's columns; needed when a "
                         "manifest has both image and audio columns)")
-    p.add_argument("--root", metavar="DIR", help="folder that media paths are relative to (default: the manifest's folder)")
+    p.add_argument("--root", metavar="DIR", help="folder that media paths are relative to (default: the manifest's "
+                                                 "folder); a path leading outside it (absolute, or through ..) is "
+                                                 "rejected as outside_root unless --allow-outside-root")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept media paths that lead outside --root (absolute paths, ..)")
     p.add_argument("--image-size", type=positive_int, default=d.image_size,
                    help="images larger than this on their shorter side are scaled down to it (default: %(default)s)")
     p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, choices=range(1, 96), metavar="1..95",
                    help="JPEG quality of re-encoded images (default: %(default)s)")
-    p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds,
+    p.add_argument("--max-audio-seconds", type=finite_float, default=d.max_audio_seconds,
                    help="longer audio is cut to its first this many seconds (default: %(default)s)")
-    p.add_argument("--min-audio-seconds", type=float, default=d.min_audio_seconds,
+    p.add_argument("--min-audio-seconds", type=finite_float, default=d.min_audio_seconds,
                    help="shorter audio is rejected as audio_too_short (default: %(default)s)")
     p.add_argument("--sample-rate", type=positive_int, default=d.sample_rate,
                    help="audio is resampled to this rate in Hz (default: %(default)s, what the model expects)")
     p.add_argument("--samples-per-shard", type=positive_int, default=d.samples_per_shard,
                    help="start a new shard after this many samples (default: %(default)s)")
     p.add_argument("--max-shard-bytes", type=parse_bytes, default=d.max_shard_bytes,
-                   help="start a new shard before one would grow past this size, e.g. 500M or 1G (default: 1G)")
+                   help="start a new shard before one would grow past this size, e.g. 500M or 1G (decimal), 1GiB "
+                        "(binary, 2^30); a sample bigger than this on its own stops the build (default: 1G)")
     p.add_argument("--workers", type=positive_int, default=default_workers(),
                    help="processes decoding and encoding media; the output does not depend on it "
                         "(default: the CPUs this process may use, %(default)s here)")
@@ -136,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--split-index {args.split_index} must be in [0, {args.num_splits})")
     if args.max_audio_seconds <= 0 or args.min_audio_seconds < 0 or args.min_audio_seconds > args.max_audio_seconds:
         parser.error("need 0 <= --min-audio-seconds <= --max-audio-seconds and --max-audio-seconds > 0")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return fail(f"--out {args.out} is a file, not a folder", 2)
     try:
         path = args.manifest or args.text_file
         manifest = Manifest(path, text_file=args.text_file is not None, kind=args.kind if args.manifest else "text")
@@ -149,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = BuildSettings(image_size=args.image_size, max_audio_seconds=args.max_audio_seconds,
                                  min_audio_seconds=args.min_audio_seconds, sample_rate=args.sample_rate,
                                  samples_per_shard=args.samples_per_shard, max_shard_bytes=args.max_shard_bytes,
-                                 jpeg_quality=args.jpeg_quality)
+                                 jpeg_quality=args.jpeg_quality, allow_outside_root=args.allow_outside_root)
         plan = BuildPlan(manifest=manifest, out_dir=os.path.abspath(args.out), name=name, settings=settings,
                          root=root, workers=args.workers, num_splits=args.num_splits, split_index=args.split_index)
         build(plan, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)

@@ -228,6 +228,10 @@ def build(plan: BuildPlan, *, resume: bool = False, overwrite: bool = False, pro
                 continue
             members = result[1]
             size = member_bytes(members)
+            if size > s.max_shard_bytes:
+                raise BuildError(f"{ctx.source_name}:{row.line}: this sample takes {size} bytes, more than "
+                                 f"--max-shard-bytes {s.max_shard_bytes}: raise --max-shard-bytes above the "
+                                 "largest sample (and pass --overwrite)")
             if writer is not None and writer.bytes + size > s.max_shard_bytes:
                 close(next_row=row.row)
             if writer is None:

@@ -109,6 +109,8 @@ class Manifest:
     def __init__(self, path: str, *, text_file: bool = False, kind: str | None = None):
         self.path = os.path.abspath(path)
         self.text_file = text_file
+        if os.path.isdir(self.path):
+            raise ManifestError(f"{path} is a directory; pass a manifest file (.tsv, .csv or .jsonl)")
         if not os.path.isfile(self.path):
             raise ManifestError(f"{path}: no such file")
         if not os.access(self.path, os.R_OK):

@@ -22,6 +22,7 @@ class BuildSettings:
     samples_per_shard: int = 1000
     max_shard_bytes: int = 1_000_000_000
     jpeg_quality: int = 90
+    allow_outside_root: bool = False  # media paths may lead outside --root (absolute, or through ..)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,16 @@ class SampleContext:
 
 def sample_id(row: Row, ctx: SampleContext, key: str) -> str:
     return row.fields.get("id", "") if ctx.has_id else key
+
+
+def media_path(ctx: SampleContext, column: str, value: str) -> str:
+    """The file a manifest's media path names, refused when it leads outside the root (unless allowed):
+    a manifest from elsewhere must not make a build read, and publish into shards, any file it likes."""
+    path = os.path.normpath(os.path.join(ctx.root, value.strip()))
+    if not ctx.settings.allow_outside_root and os.path.commonpath([path, ctx.root]) != ctx.root:
+        raise Reject("outside_root", f"column {column!r}: {value.strip()!r} leads outside --root {ctx.root} "
+                                     "(pass --allow-outside-root to accept it)")
+    return path
 
 
 def make_sample(row: Row, key: str, ctx: SampleContext) -> tuple[dict[str, bytes], dict]:
@@ -54,13 +65,13 @@ def make_sample(row: Row, key: str, ctx: SampleContext) -> tuple[dict[str, bytes
     if "text" in KIND_COLUMNS[ctx.kind]:
         members["txt"] = clean_text(row.fields["text"]).encode("utf-8")
     if "image" in KIND_COLUMNS[ctx.kind]:
-        data = read_file(os.path.join(ctx.root, row.fields["image"].strip()))
+        data = read_file(media_path(ctx, "image", row.fields["image"]))
         members["jpg"], meta["width"], meta["height"] = process_image(data, s.image_size, s.jpeg_quality)
     if "audio" in KIND_COLUMNS[ctx.kind]:
-        data = read_file(os.path.join(ctx.root, row.fields["audio"].strip()))
+        data = read_file(media_path(ctx, "audio", row.fields["audio"]))
         members["flac"], meta["seconds"] = process_audio(
             data, s.sample_rate, s.max_audio_seconds, s.min_audio_seconds)
-    if row.fields.get("label"):
+    if (row.fields.get("label") or "").strip():  # a blank label is no label, not an empty caption
         meta["label"] = clean_text(row.fields["label"])
     members["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
     return members, meta

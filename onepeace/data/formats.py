@@ -34,7 +34,7 @@ MANIFEST_COLUMNS = ("id", "image", "audio", "text", "label")
 # Why a sample was left out of a build (rejects.jsonl "reason").
 REJECT_REASONS = (
     "bad_row", "missing_column", "missing_file", "unreadable_file", "corrupt_image", "corrupt_audio",
-    "audio_too_short", "empty_text", "invalid_utf8", "duplicate_id",
+    "audio_too_short", "empty_text", "invalid_utf8", "duplicate_id", "outside_root",
 )
 
 KEY_DIGITS = 9

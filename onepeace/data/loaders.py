@@ -8,6 +8,7 @@ serves the whole mixture.
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 import weakref
 from typing import Iterator
@@ -16,7 +17,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from onepeace.data.config import DataConfig
 from onepeace.data.distributed import rank_and_world_size, worker_and_count
-from onepeace.data.pipelines import SKIPPED, Placement, TaskPipeline
+from onepeace.data.pipelines import SKIPPED, Placement, TaskPipeline, resolve_task_sources
+from onepeace.data.shards import ShardSpecError
 from onepeace.data.tokenizer import Tokenizer
 
 
@@ -135,6 +137,19 @@ def _tokenizer(data: DataConfig, tokenizer: Tokenizer | None, model) -> Tokenize
         if tokenizer.pad_id != model.pad_id:
             raise ValueError(f"tokenizer pad_id {tokenizer.pad_id} != model.pad_id {model.pad_id}")
     return tokenizer
+
+
+def check_data(data: DataConfig, model) -> None:
+    """What the loaders would refuse, checked before any process group or worker starts: the tokenizer,
+    and every train and eval task's shards (index.json, kinds, and each tar file on disk)."""
+    _tokenizer(data, None, model)
+    for section in (data.train, data.eval):
+        for name, task in section.items():
+            for found in resolve_task_sources(name, task):
+                for shard in found.shards:
+                    if not os.path.isfile(shard.url):
+                        raise ShardSpecError(f"task {name}: shard {shard.url} is listed in its index.json but "
+                                             "missing on disk")
 
 
 def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -96,6 +96,8 @@ def prepare(args: argparse.Namespace, dist: dist_utils.DistEnv) -> Job:
         raise EvalError("--batch-size must be >= 1 and --num-workers >= 0")
     if args.template is not None and args.labels is None:
         raise EvalError("--template is for classification: give --labels FILE too")
+    if args.out and os.path.isdir(args.out):
+        raise EvalError(f"--out {args.out} is a directory; name the JSON file to write")
     kind = args.kind or resolve_shards(args.data).kind
     if kind not in KINDS:
         raise EvalError(f"{args.data} holds {kind} shards; evaluation reads {', '.join(KINDS)} (choose with --kind)")

@@ -16,6 +16,9 @@ import time
 import torch
 
 from ..config import ConfigError
+from ..data import check_data
+from ..data.shards import ShardSpecError
+from ..data.tokenizer import TokenizerError
 from ..recipe import Recipe, dump_recipe, load_recipe, shipped_recipes
 from . import checkpoint, distributed as dist_utils
 from .engine import load_ds_config, resolve_ds_config
@@ -95,28 +98,63 @@ def micro_batch_size(recipe: Recipe) -> int:
     return sum(task.batch_size for task in recipe.data.train.values())
 
 
-def prepare(args: argparse.Namespace) -> tuple[Recipe, dict, str, tuple[str, str] | None, dist_utils.DistEnv]:
-    """Everything that can fail on bad input, before any process group starts."""
+def check_run_dir(run_dir: str) -> None:
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"--run-dir {run_dir} is a file, not a directory")
+    parent = os.path.dirname(run_dir)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ConfigError(f"--run-dir {run_dir}: {parent} is a file, not a directory")
+
+
+def prepare(args: argparse.Namespace, where: dict | None = None
+            ) -> tuple[Recipe, dict, str, tuple[str, str] | None, dist_utils.DistEnv]:
+    """Everything that can fail on bad input, before any process group starts. ``where`` learns the run
+    directory as soon as it is known, so that an error after that can go to its log.txt too."""
+    where = {} if where is None else where
+    dist = dist_utils.detect()
+    where["rank"] = dist.rank
+    if args.run_dir:
+        where["run_dir"] = os.path.abspath(args.run_dir)
     recipe = load_recipe(args.config, args.overrides)
+    run_dir = where["run_dir"] = os.path.abspath(args.run_dir or os.path.join("runs", recipe.name))
+    check_run_dir(run_dir)
     if not recipe.data.train:
         raise ConfigError(f"{recipe.source}: data.train names no tasks")
-    dist = dist_utils.detect()
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     ds_raw, ds_source = load_ds_config(args.deepspeed_config)
     ds = resolve_ds_config(ds_raw, recipe.train, micro_batch=micro_batch_size(recipe), world_size=dist.world_size,
                            device_type=device_type, source=ds_source)
-    run_dir = os.path.abspath(args.run_dir or os.path.join("runs", recipe.name))
+    check_data(recipe.data, recipe.model)
     resume = resolve_resume(args.resume, run_dir)
     return recipe, ds, run_dir, resume, dist
+
+
+def log_early_error(message: str, where: dict) -> None:
+    """Append an error found before logging starts to the run's log.txt (rank 0; when the run directory
+    is, or can be made, a directory), in the format of the log lines after it."""
+    run_dir = where.get("run_dir")
+    if where.get("rank", 0) != 0 or not run_dir:
+        return
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "log.txt"), "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} [rank 0] ERROR onepeace.train: {message}\n")
+    except OSError:
+        pass  # the run directory is unusable (that may be the error itself): stderr has the message
 
 
 def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
     args = build_parser().parse_args(argv)
+    where: dict = {}
     try:
-        recipe, ds, run_dir, resume, dist = prepare(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"onepeace-pretrain: error: {exc}", file=sys.stderr)
+        recipe, ds, run_dir, resume, dist = prepare(args, where)
+    except (ConfigError, ShardSpecError, TokenizerError, FileNotFoundError, ValueError) as exc:
+        message = " ".join(str(exc).split("\n"))  # one line
+        print(f"onepeace-pretrain: error: {message}", file=sys.stderr)
+        log_early_error(message, where)
         return 2
     os.makedirs(run_dir, exist_ok=True)
     setup_logging(run_dir, dist.rank)

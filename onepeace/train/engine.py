@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from typing import Any
 
 import torch
@@ -38,13 +39,18 @@ NO_DECAY_NAMES = ("pos_embed", "cls_token", "cls_pos", "mask_token", "rel_bias.t
 def load_ds_config(path: str | None) -> tuple[dict[str, Any], str]:
     if not path:
         return copy.deepcopy(DEFAULT_DS_CONFIG), "the default DeepSpeed config"
+    if os.path.isdir(path):
+        raise ConfigError(f"DeepSpeed config {path} is a directory, not a JSON file")
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f), path
+            ds = json.load(f)
     except FileNotFoundError:
         raise ConfigError(f"DeepSpeed config not found: {path}") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{path}: a DeepSpeed config must be a JSON object ({{...}}), got {type(ds).__name__}")
+    return ds, path
 
 
 def resolve_ds_config(ds: dict[str, Any], train: TrainConfig, *, micro_batch: int, world_size: int,

@@ -399,3 +399,73 @@ def test_csv_unterminated_quote_is_rejected_and_the_rows_after_it_are_kept(tmp_p
     assert rejects["m.csv:3"][0] == "bad_row" and "quote" in rejects["m.csv:3"][1]
     assert rejects["m.csv:7"][0] == "bad_row" and "quoting" in rejects["m.csv:7"][1]
     assert rejects["m.csv:8"] == ("bad_row", "unterminated quote: the quoted field opened on line 8 is never closed")
+
+
+def test_byte_sizes_decimal_binary_and_below_one_sample():
+    from data_tools.build_shards import parse_bytes
+
+    assert parse_bytes("1G") == parse_bytes("1GB") == parse_bytes("1gb") == 10**9
+    assert parse_bytes("1GiB") == parse_bytes("1Gi") == 2**30
+    assert parse_bytes("500M") == 5 * 10**8 and parse_bytes("1.5MiB") == 3 * 2**19
+    assert parse_bytes("4096") == parse_bytes("4096B") == 4096
+    for text in ("1", "0", "1k", "0.5K", "1KiB"):  # below one sample: could never be met
+        with pytest.raises(Exception, match="below one sample"):
+            parse_bytes(text)
+    with pytest.raises(Exception, match="not a size"):
+        parse_bytes("1GG")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--max-audio-seconds", "nan"], "finite"),
+    (["--min-audio-seconds", "inf"], "finite"),
+    (["--max-shard-bytes", "100"], "below one sample"),
+])
+def test_bad_limits_are_refused(tmp_path, capsys, args, words):
+    manifest = write_tsv(f"{tmp_path}/m.tsv", ["text"], [["hello"]])
+    with pytest.raises(SystemExit) as exc:
+        build("--manifest", manifest, "--out", f"{tmp_path}/out", *args)
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_sample_bigger_than_the_shard_cap_stops_the_build(tmp_path, capsys):
+    write_image(f"{tmp_path}/big.png", 200, 200)
+    manifest = write_tsv(f"{tmp_path}/m.tsv", ["image"], [["big.png"]])
+    assert build("--manifest", manifest, "--out", f"{tmp_path}/out", "--max-shard-bytes", "4KiB") == 1
+    err = capsys.readouterr().err
+    assert "m.tsv:2" in err and "--max-shard-bytes 4096" in err
+
+
+def test_out_file_and_manifest_directory_are_one_line_errors(tmp_path, capsys):
+    manifest = write_tsv(f"{tmp_path}/m.tsv", ["text"], [["hello"]])
+    (tmp_path / "afile").write_text("x")
+    assert build("--manifest", manifest, "--out", f"{tmp_path}/afile") == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file" in err and err.count("\n") == 1
+    assert build("--manifest", str(tmp_path), "--out", f"{tmp_path}/out") == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and err.count("\n") == 1
+
+
+def test_paths_outside_root_are_refused_unless_allowed(tmp_path):
+    root = tmp_path / "root"
+    write_image(f"{root}/inside.png")
+    write_image(f"{tmp_path}/outside.png", seed=1)
+    rows = [["in", "inside.png"], ["up", "../outside.png"], ["abs", f"{tmp_path}/outside.png"],
+            ["sneaky", "sub/../../outside.png"]]
+    manifest = write_tsv(f"{root}/m.tsv", ["id", "image"], rows)
+    assert build("--manifest", manifest, "--out", f"{tmp_path}/strict") == 0
+    assert [s["meta"]["id"] for s in shard_samples(f"{tmp_path}/strict").values()] == ["in"]
+    assert {r["id"]: r["reason"] for r in rejects_of(f"{tmp_path}/strict")} == {
+        "up": "outside_root", "abs": "outside_root", "sneaky": "outside_root"}
+    assert build("--manifest", manifest, "--out", f"{tmp_path}/loose", "--allow-outside-root") == 0
+    assert sorted(s["meta"]["id"] for s in shard_samples(f"{tmp_path}/loose").values()) == ["abs", "in", "sneaky", "up"]
+
+
+def test_whitespace_label_is_no_label(tmp_path):
+    write_image(f"{tmp_path}/a.png")
+    manifest = write_tsv(f"{tmp_path}/m.tsv", ["id", "image", "text", "label"],
+                         [["blank", "a.png", "a caption", "   "], ["real", "a.png", "a caption", " cat "]])
+    assert build("--manifest", manifest, "--out", f"{tmp_path}/out") == 0
+    metas = {s["meta"]["id"]: s["meta"] for s in shard_samples(f"{tmp_path}/out").values()}
+    assert "label" not in metas["blank"] and metas["real"]["label"] == "cat"
+    assert rejects_of(f"{tmp_path}/out") == []
