@@ -16,6 +16,8 @@ from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
+from . import geometry
+
 MODALITIES = ("text", "image", "audio")
 
 
@@ -88,7 +90,7 @@ class ModelConfig:
 
     @property
     def image_grid(self) -> int:
-        return self.image_size // self.patch_size
+        return geometry.image_grid(self.image_size, self.patch_size)
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:

@@ -11,6 +11,7 @@ import yaml
 
 from .config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml, resolve_model_config, to_dict
 from .data.config import DataConfig
+from .files import atomic_write
 from .train.config import TrainConfig
 
 SECTIONS = ("model", "data", "train")
@@ -67,7 +68,4 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> Recipe:
 
 
 def dump_recipe(recipe: Recipe, path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(recipe.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write(path, yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -11,13 +11,14 @@ import torch
 from onepeace.config import ConfigError, model_config
 from onepeace.model import OnePeace
 from onepeace.recipe import build_recipe, load_recipe, shipped_recipes
+from onepeace import runs
 from onepeace.train import checkpoint
 from onepeace.train.config import LossWeights, TrainConfig
-from onepeace.train.distributed import detect, first_host
+from onepeace.distributed import detect, first_host
 from onepeace.train.engine import DEFAULT_DS_CONFIG, param_groups, resolve_ds_config
 from onepeace.train.objective import PretrainObjective
 from onepeace.train.schedule import cosine_factor
-from onepeace.train.warm_start import freeze_all_but, warm_start
+from onepeace.runs import freeze_all_but, warm_start
 
 
 # ---- DeepSpeed config: "auto" filled from the recipe, contradictions refused ---------------------------
@@ -129,26 +130,26 @@ def test_bad_rank_environment_is_an_error():
 def test_only_complete_checkpoints_are_found(tmp_path):
     ckpts = tmp_path / "run" / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, False)):
-        d = ckpts / checkpoint.tag_for(step)
+        d = ckpts / runs.tag_for(step)
         d.mkdir(parents=True)
         if complete:
-            (d / checkpoint.COMPLETE).write_text("{}")
-    assert checkpoint.complete_tags(str(ckpts)) == [(2, "step00000002"), (4, "step00000004")]
-    assert checkpoint.find_checkpoint(str(tmp_path / "run")) == (str(ckpts), "step00000004")
-    assert checkpoint.find_checkpoint(str(ckpts / "step00000002")) == (str(ckpts), "step00000002")
+            (d / runs.COMPLETE).write_text("{}")
+    assert runs.complete_tags(str(ckpts)) == [(2, "step00000002"), (4, "step00000004")]
+    assert runs.find_checkpoint(str(tmp_path / "run")) == (str(ckpts), "step00000004")
+    assert runs.find_checkpoint(str(ckpts / "step00000002")) == (str(ckpts), "step00000002")
     with pytest.raises(ConfigError, match="incomplete"):
-        checkpoint.find_checkpoint(str(ckpts / "step00000006"))
+        runs.find_checkpoint(str(ckpts / "step00000006"))
     with pytest.raises(FileNotFoundError):
-        checkpoint.find_checkpoint(str(tmp_path / "nothing"))
+        runs.find_checkpoint(str(tmp_path / "nothing"))
 
 
 def test_prune_keeps_the_newest_and_drops_abandoned(tmp_path):
     for step in (1, 2, 3, 4):
-        d = tmp_path / checkpoint.tag_for(step)
+        d = tmp_path / runs.tag_for(step)
         d.mkdir()
         if step != 2:
-            (d / checkpoint.COMPLETE).write_text("{}")
-    (tmp_path / checkpoint.tag_for(9)).mkdir()  # a save in progress (newer than every complete one)
+            (d / runs.COMPLETE).write_text("{}")
+    (tmp_path / runs.tag_for(9)).mkdir()  # a save in progress (newer than every complete one)
     checkpoint._prune(str(tmp_path), keep_last=2)
     assert sorted(os.listdir(tmp_path)) == ["step00000003", "step00000004", "step00000009"]
 
