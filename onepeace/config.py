@@ -276,15 +276,20 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     out = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            if node.get(k) is None:
-                node[k] = {}
-            if not isinstance(node[k], dict):
-                raise ConfigError(f"override {text!r}: {k!r} is not a mapping")
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(out, keys, value, f"override {text!r}")
     return out
+
+
+def set_dotted(data: dict[str, Any], keys: Sequence[str], value: Any, where: str) -> None:
+    """``data[k0][k1]...[kn] = value`` in place, creating intermediate mappings; ``where`` names the source."""
+    node = data
+    for k in keys[:-1]:
+        if node.get(k) is None:
+            node[k] = {}
+        if not isinstance(node[k], dict):
+            raise ConfigError(f"{where}: {k!r} is not a mapping")
+        node = node[k]
+    node[keys[-1]] = copy.deepcopy(value)
 
 
 def load_yaml(path: str) -> dict[str, Any]:

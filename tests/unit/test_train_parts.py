@@ -250,6 +250,35 @@ def test_every_shipped_recipe_loads():
         assert recipe.data.train and recipe.train.steps > 0
 
 
+def test_a_stage_recipe_takes_the_size_dependent_values_from_its_preset_row():
+    large = load_recipe("stage1_vl", ["model.preset=large"])
+    assert (large.name, large.model.embed_dim, large.model.depth) == ("stage1_vl_large", 1024, 24)
+    assert (large.data.train["image-text"].batch_size, large.data.eval["image-text"].batch_size) == (32, 32)
+    assert (large.data.num_workers, large.train.activation_checkpointing, large.train.lr) == (6, False, 5e-4)
+    big = load_recipe("stage2_al_4b")  # the old name: the stage recipe at that preset
+    assert big.to_dict() == load_recipe("stage2_al", ["model.preset=onepeace-4b"]).to_dict()
+    assert (big.name, big.model.embed_dim, big.data.train["audio-text"].batch_size) == ("stage2_al_4b", 1536, 16)
+    assert big.train.activation_checkpointing and big.train.init_from == "runs/stage1_vl_4b"
+    assert load_recipe("stage2_al").train.init_from == "runs/stage1_vl_base"  # the file's own preset: base
+    tiny = load_recipe("stage1_vl_tiny", ["data.train.image-text.batch_size=3", "train.activation_checkpointing=true"])
+    assert tiny.data.train["image-text"].batch_size == 3 and tiny.train.activation_checkpointing  # --set wins
+    assert load_recipe("stage1_vl_tiny", ["model.preset=base"]).data.train["image-text"].batch_size == 64
+
+
+def test_preset_rows_must_fit(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {preset: large}\npresets:\n  tiny: {data.num_workers: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets has no row for model.preset 'large'; it has tiny"):
+        load_recipe(str(path))
+    assert load_recipe(str(path), ["model.preset=tiny"]).data.num_workers == 1
+    path.write_text("model: {preset: tiny}\npresets:\n  huge: {data.num_workers: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets names unknown model presets huge"):
+        load_recipe(str(path))
+    path.write_text("model: {preset: tiny}\ndata: {num_workers: 2}\npresets:\n  tiny: {data.num_workers.x: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets.tiny.data.num_workers.x: 'num_workers' is not a mapping"):
+        load_recipe(str(path))
+
+
 def test_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown top-level key optimizer"):
         build_recipe({"optimizer": {}})
