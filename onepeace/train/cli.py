@@ -20,7 +20,7 @@ from ..data import check_data
 from ..data.shards import ShardSpecError
 from ..data.tokenizer import TokenizerError
 from ..recipe import Recipe, dump_recipe, load_recipe, shipped_recipes
-from . import checkpoint, distributed as dist_utils
+from .. import distributed as dist_utils, runs
 from .engine import load_ds_config, resolve_ds_config
 from .signals import StopRequest
 
@@ -74,8 +74,8 @@ def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
     run's checkpoints (complete or not) would mix two runs' checkpoints and could prune the other's.
     """
     ckpt_dir = os.path.join(run_dir, "checkpoints")
-    existing = checkpoint.step_dirs(ckpt_dir)
-    complete = checkpoint.complete_tags(ckpt_dir)
+    existing = runs.step_dirs(ckpt_dir)
+    complete = runs.complete_tags(ckpt_dir)
     if arg in ("none", "auto"):
         if complete and arg == "auto":
             return ckpt_dir, complete[-1][1]
@@ -87,7 +87,7 @@ def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
                               "saves that were interrupted, or not made by onepeace-pretrain); refusing to start "
                               "a fresh run over them. Move or delete them, or choose another --run-dir")
         return None
-    found = checkpoint.find_checkpoint(arg)
+    found = runs.find_checkpoint(arg)
     if existing and os.path.abspath(found[0]) != os.path.abspath(ckpt_dir):
         raise ConfigError(f"--resume {arg}: {ckpt_dir} already holds another run's step directories "
                           f"({_named(existing)}); pick an empty --run-dir to continue from {os.path.join(*found)}")
@@ -173,10 +173,10 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
     from ..eval.periodic import build_periodic_eval
     from ..model import OnePeace
     from .trainer import Trainer
-    from .warm_start import freeze_all_but, warm_start
+    from ..runs import freeze_all_but, warm_start
 
     if dist.is_main:
-        dump_recipe(recipe, os.path.join(run_dir, "config.yaml"))
+        dump_recipe(recipe, os.path.join(run_dir, runs.RUN_CONFIG))
         log.info("run %s: recipe %s, %d rank(s) via %s, device %s, ZeRO stage %s, %s", run_dir, recipe.source,
                  dist.world_size, dist.launcher, device.type, ds.get("zero_optimization", {}).get("stage", 0),
                  recipe.train.precision)

@@ -8,7 +8,8 @@ from collections import defaultdict
 
 import torch
 
-from ..model.adapters import audio_frame_count
+from .. import distributed
+from ..geometry import audio_frame_count
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,8 @@ class TrainMetrics:
         keys = sorted(self.sums)
         values = torch.tensor([self.sums[k] for k in keys] + [summed[k] for k in sorted(summed)],
                               dtype=torch.float64, device=self.device)
-        world = 1
-        if torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
+        world = distributed.world_size()
+        if world > 1:
             torch.distributed.all_reduce(values)
         totals = values.tolist()
         sums = dict(zip(keys, totals[:len(keys)]))
