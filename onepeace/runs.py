@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import json
 import logging
 import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
@@ -27,6 +28,9 @@ from .data.config import DataConfig
 from .model import OnePeace
 from .model.hub import export_tokenizer, is_export, load_export_state
 from .recipe import Recipe, build_recipe
+from .safe_load import CheckpointFileError, weights_only_loading
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,66 @@ def step_dirs(ckpt_dir: str) -> list[str]:
                   if TAG_RE.match(name) and os.path.isdir(os.path.join(ckpt_dir, name)))
 
 
+def checkpoint_files(path: str) -> dict[str, int]:
+    """Every file of a checkpoint directory with its size: what its COMPLETE marker records."""
+    return {name: os.path.getsize(os.path.join(path, name)) for name in sorted(os.listdir(path))
+            if name != COMPLETE and os.path.isfile(os.path.join(path, name))}
+
+
+def checkpoint_problem(path: str) -> str | None:
+    """Why a complete checkpoint cannot be loaded as saved (a file missing or of another size than its
+    marker records: a lost ZeRO shard of some rank, a truncated copy), or None. Only stats files."""
+    try:
+        with open(os.path.join(path, COMPLETE), encoding="utf-8") as f:
+            recorded = json.load(f).get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{os.path.join(path, COMPLETE)} cannot be read ({exc})"
+    if not isinstance(recorded, dict):
+        return None  # a marker from before file lists: nothing to compare with
+    for name, size in recorded.items():
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{file} is missing"
+        actual = os.path.getsize(file)
+        if actual != size:
+            return f"{file} is {actual} bytes, {size} when saved ({'truncated' if actual < size else 'changed'})"
+    return None
+
+
+def checkpoint_candidates(path: str) -> tuple[list[tuple[str, str]], bool]:
+    """The checkpoints ``path`` stands for, newest first, and whether it named one explicitly.
+
+    One checkpoint directory: just that one. A run or checkpoints directory: its complete checkpoints,
+    newest first, so a loader can fall back when the newest is damaged."""
+    ckpt_dir, tag = find_checkpoint(path)
+    if TAG_RE.match(os.path.basename(os.path.abspath(path))):
+        return [(ckpt_dir, tag)], True
+    return [(ckpt_dir, t) for _, t in reversed(complete_tags(ckpt_dir))], False
+
+
+def load_with_fallback(path: str, load: Callable[[str], T]) -> tuple[T, str]:
+    """``load(checkpoint_dir)`` on the checkpoint ``path`` stands for; returns its result and the directory.
+
+    A damaged checkpoint (see :func:`checkpoint_problem`, or a file that fails to load) named explicitly
+    raises :class:`CheckpointFileError` naming the file. When ``path`` is a run, its newest complete
+    checkpoint that is damaged is reported (a warning naming the file) and the previous one is tried.
+    """
+    candidates, explicit = checkpoint_candidates(path)
+    for i, (ckpt_dir, tag) in enumerate(candidates):
+        where = os.path.join(ckpt_dir, tag)
+        try:
+            problem = checkpoint_problem(where)
+            if problem is not None:
+                raise CheckpointFileError(where, f"damaged checkpoint: {problem}")
+            return load(where), where
+        except CheckpointFileError as exc:
+            if explicit or i + 1 == len(candidates):
+                raise
+            log.warning("checkpoint %s cannot be loaded: %s; falling back to the previous complete checkpoint %s",
+                        where, exc, candidates[i + 1][1])
+    raise AssertionError("unreachable: find_checkpoint found at least one checkpoint")
+
+
 def find_checkpoint(path: str) -> tuple[str, str]:
     """``(checkpoints dir, tag)`` from a run directory, a checkpoints directory or one checkpoint."""
     path = os.path.abspath(path)
@@ -107,14 +171,23 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:
-    """Full-precision weights from an exported model directory, a run, or a ZeRO checkpoint."""
+    """Full-precision weights from an exported model directory, a run, or a ZeRO checkpoint (a run's
+    damaged newest checkpoint falls back to the previous one, see :func:`load_with_fallback`)."""
     if is_export(path):
         return load_export_state(path)
+    return load_with_fallback(path, consolidate)[0]
+
+
+def consolidate(checkpoint: str) -> dict[str, torch.Tensor]:
+    """One checkpoint directory's ZeRO partitions as full fp32 weights, every file loaded weights-only."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    ckpt_dir, tag = find_checkpoint(path)
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's consolidation prints; stdout is for results
-        state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
+    ckpt_dir, tag = os.path.split(os.path.abspath(checkpoint))
+    with contextlib.redirect_stdout(sys.stderr), weights_only_loading():  # DeepSpeed prints; stdout is for results
+        try:
+            state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
+        except (ValueError, FileNotFoundError, KeyError) as exc:  # files missing or not what they should be
+            raise CheckpointFileError(checkpoint, f"cannot be consolidated ({exc})") from None
     return {k[len(ENGINE_PREFIX):] if k.startswith(ENGINE_PREFIX) else k: v for k, v in state.items()}
 
 
@@ -187,12 +260,12 @@ def load_model(path: str, **runtime: object) -> LoadedModel:
         except RuntimeError as exc:  # load_state_dict: missing, unexpected or wrongly shaped weights
             raise ConfigError(f"the weights in {path} do not fit its config: {exc}") from None
         return LoadedModel(model, export_tokenizer(path), None, os.path.abspath(path))
-    ckpt_dir, tag = find_checkpoint(path)
+    ckpt_dir, _ = find_checkpoint(path)
     recipe, config_file = run_recipe(ckpt_dir, path)
     model = OnePeace(dataclasses.replace(recipe.model, **runtime))
-    checkpoint = os.path.join(ckpt_dir, tag)
+    state, checkpoint = load_with_fallback(path, consolidate)
     try:
-        model.load_state_dict(load_weights(checkpoint), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ConfigError(f"checkpoint {checkpoint} does not fit the model of {config_file}: {exc}") from None
     return LoadedModel(model, recipe.data.tokenizer or None, recipe.data, checkpoint, config_file)

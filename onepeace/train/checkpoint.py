@@ -12,14 +12,15 @@ import logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ..config import ConfigError, ModelConfig, to_dict
 from .. import distributed as dist_utils
 from ..files import atomic_write
-from ..runs import COMPLETE, TAG_RE, complete_tags, tag_for
+from ..runs import COMPLETE, checkpoint_files, checkpoint_problem, complete_tags, tag_for
+from ..safe_load import CheckpointFileError, weights_only_loading
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_c
     dist_utils.barrier()
     if rank == 0:
         marker = {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.time() - start,
-                  "model": to_dict(model_config), "world_size": dist_utils.world_size()}
+                  "model": to_dict(model_config), "world_size": dist_utils.world_size(),
+                  "files": checkpoint_files(path)}  # what a damaged copy is checked against
         atomic_write(os.path.join(path, COMPLETE), json.dumps(marker, indent=2))
         atomic_write(os.path.join(ckpt_dir, "latest"), tag)
         _prune(ckpt_dir, keep_last)
@@ -80,13 +82,45 @@ def load(engine, ckpt_dir: str, tag: str, model_config: ModelConfig, rank: int) 
         log.warning("checkpoint %s was saved with %s ranks, resuming with %s: DeepSpeed reshapes the optimizer "
                     "state; the data order will differ from an uninterrupted run", path, marker["world_size"],
                     dist_utils.world_size())
-    loaded, client_state = engine.load_checkpoint(ckpt_dir, tag=tag)
+    with weights_only_loading():  # DeepSpeed's own torch.load calls included
+        loaded, client_state = engine.load_checkpoint(ckpt_dir, tag=tag)
     if loaded is None:
-        raise ConfigError(f"DeepSpeed could not load checkpoint {path}")
+        raise CheckpointFileError(path, "DeepSpeed could not load this checkpoint (see its warning above)")
     rng_file = os.path.join(path, f"rng_rank{rank:05d}.pt")
     if os.path.isfile(rng_file):
         restore_rng(torch.load(rng_file, weights_only=True))
     return client_state or {}
+
+
+class Resume(NamedTuple):
+    """Where a run resumes: a checkpoint, and whether it was named explicitly (no fallback then)."""
+
+    ckpt_dir: str
+    tag: str
+    explicit: bool = False
+
+    def candidates(self) -> list[str]:
+        """The tag to resume from, then (not explicit) the older complete ones to fall back to."""
+        if self.explicit:
+            return [self.tag]
+        return [t for _, t in reversed(complete_tags(self.ckpt_dir)) if t <= self.tag]
+
+
+def first_intact(ckpt_dir: str, candidates: list[str], device) -> str:
+    """The first candidate every rank finds intact (files as its COMPLETE marker lists them); damaged
+    ones are logged, naming the file. A damaged explicitly named checkpoint (one candidate) raises."""
+    for i, tag in enumerate(candidates):
+        path = os.path.join(ckpt_dir, tag)
+        problem = checkpoint_problem(path)
+        if not dist_utils.any_rank(problem is not None, device):
+            return tag
+        problem = problem or "a file is missing or truncated on another rank's view of the checkpoint"
+        if i + 1 == len(candidates):
+            raise CheckpointFileError(path, f"damaged checkpoint: {problem}"
+                                      + ("; no older complete checkpoint to fall back to" if i else ""))
+        log.warning("checkpoint %s is damaged: %s; falling back to the previous complete checkpoint %s", path,
+                    problem, candidates[i + 1])
+    raise AssertionError("no candidates")
 
 
 def _prune(ckpt_dir: str, keep_last: int) -> None:

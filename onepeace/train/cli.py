@@ -21,6 +21,7 @@ from ..data.shards import ShardSpecError
 from ..data.tokenizer import TokenizerError
 from ..recipe import Recipe, dump_recipe, load_recipe, shipped_recipes
 from .. import distributed as dist_utils, runs
+from . import checkpoint
 from .engine import load_ds_config, resolve_ds_config
 from .signals import StopRequest
 
@@ -67,7 +68,7 @@ def _named(tags: list[str]) -> str:
     return ", ".join(tags[:5]) + (f" and {len(tags) - 5} more" if len(tags) > 5 else "")
 
 
-def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
+def resolve_resume(arg: str, run_dir: str) -> checkpoint.Resume | None:
     """The checkpoint to resume from, or None for a fresh start.
 
     A fresh start is only made in a run directory without step directories: starting over an earlier
@@ -78,7 +79,7 @@ def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
     complete = runs.complete_tags(ckpt_dir)
     if arg in ("none", "auto"):
         if complete and arg == "auto":
-            return ckpt_dir, complete[-1][1]
+            return checkpoint.Resume(ckpt_dir, complete[-1][1])
         if complete:
             raise ConfigError(f"{run_dir} already has checkpoints: pass --resume auto to continue that run, or "
                               "choose another --run-dir")
@@ -87,11 +88,11 @@ def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
                               "saves that were interrupted, or not made by onepeace-pretrain); refusing to start "
                               "a fresh run over them. Move or delete them, or choose another --run-dir")
         return None
-    found = runs.find_checkpoint(arg)
+    found, explicit = runs.find_checkpoint(arg), bool(runs.TAG_RE.match(os.path.basename(os.path.abspath(arg))))
     if existing and os.path.abspath(found[0]) != os.path.abspath(ckpt_dir):
         raise ConfigError(f"--resume {arg}: {ckpt_dir} already holds another run's step directories "
                           f"({_named(existing)}); pick an empty --run-dir to continue from {os.path.join(*found)}")
-    return found
+    return checkpoint.Resume(*found, explicit=explicit)
 
 
 def micro_batch_size(recipe: Recipe) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty OUT_DIR (never into a run or checkpoint directory)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # fallback notices
     try:
         used = export(args.source, args.out_dir, args.dtype, args.force)
     except (ConfigError, FileNotFoundError) as exc:

@@ -44,7 +44,7 @@ def to_device(step: dict[str, dict], device: torch.device) -> dict[str, dict]:
 
 class Trainer:
     def __init__(self, recipe: Recipe, ds_config: dict[str, Any], run_dir: str, dist: DistEnv,
-                 device: torch.device, model: OnePeace, resume_from: tuple[str, str] | None,
+                 device: torch.device, model: OnePeace, resume_from: checkpoint.Resume | None,
                  evaluate: Callable[[OnePeace, int], dict[str, float]] | None = None,
                  stop: StopRequest | None = None) -> None:
         self.recipe, self.run_dir, self.dist, self.device = recipe, run_dir, dist, device
@@ -61,12 +61,13 @@ class Trainer:
         self.samples_seen = 0
         self.nonfinite_total = 0
         if resume_from is not None:
-            state = checkpoint.load(self.engine, *resume_from, recipe.model, dist.rank)
+            tag = checkpoint.first_intact(resume_from.ckpt_dir, resume_from.candidates(), device)
+            state = checkpoint.load(self.engine, resume_from.ckpt_dir, tag, recipe.model, dist.rank)
             self.step = int(state.get("step", 0))
             self.samples_seen = int(state.get("samples_seen", 0))
             self.nonfinite_total = int(state.get("nonfinite_total", 0))
             self.metrics.flops_per_step = state.get("flops_per_step")  # counting would perturb the next step
-            log.info("resumed from %s at step %d", os.path.join(*resume_from), self.step)
+            log.info("resumed from %s at step %d", os.path.join(resume_from.ckpt_dir, tag), self.step)
         self.stream = build_train_loader(recipe.data, recipe.model, rank=dist.rank, world_size=dist.world_size)
         self._bad_samples_before = 0
 

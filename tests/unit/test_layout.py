@@ -18,7 +18,7 @@ GROUPS = {
     "onepeace.config": "config", "onepeace.data.config": "config", "onepeace.data.formats": "config",
     "onepeace.train.config": "config", "onepeace.recipe": "config", "onepeace.recipes": "config",
     "onepeace.ops": "ops", "onepeace.data": "data", "onepeace.losses": "losses", "onepeace.model": "model",
-    "onepeace.runs": "runs", "onepeace.train": "train", "onepeace.eval": "eval",
+    "onepeace.runs": "runs", "onepeace.safe_load": "runs", "onepeace.train": "train", "onepeace.eval": "eval",
     "onepeace.demo": "apps", "onepeace.summary": "apps", "onepeace.integrations": "apps",
     "data_tools": "data_tools",
 }

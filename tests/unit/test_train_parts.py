@@ -165,7 +165,7 @@ def test_resume_auto_over_incomplete_step_directories_is_refused_naming_them(tmp
         with pytest.raises(ConfigError, match="step00000005, step00000010.*no complete|no complete.*step00000005"):
             resolve_resume(arg, str(run))
     (run / "checkpoints" / "step00000005" / runs.COMPLETE).write_text("{}")
-    assert resolve_resume("auto", str(run)) == (str(run / "checkpoints"), "step00000005")
+    assert resolve_resume("auto", str(run)) == (str(run / "checkpoints"), "step00000005", False)
     with pytest.raises(ConfigError, match="already has checkpoints"):
         resolve_resume("none", str(run))
     other = tmp_path / "other" / "checkpoints" / "step00000003"
@@ -173,7 +173,8 @@ def test_resume_auto_over_incomplete_step_directories_is_refused_naming_them(tmp
     (other / runs.COMPLETE).write_text("{}")
     with pytest.raises(ConfigError, match="another run's step directories"):
         resolve_resume(str(other), str(run))
-    assert resolve_resume(str(other), str(tmp_path / "fresh")) == (str(other.parent), "step00000003")
+    assert resolve_resume(str(other), str(tmp_path / "fresh")) == (str(other.parent), "step00000003", True)
+    assert resolve_resume(str(other.parent.parent), str(tmp_path / "fresh")).explicit is False  # a run: may fall back
 
 
 def test_incompatible_model_config_is_named():
