@@ -2,7 +2,8 @@
 
 1. ``data_tools.make_demo`` draws a procedural corpus (images of shapes, synthetic sounds, captions that
    describe them), builds it into shards with the real shard builder and trains the tokenizer;
-2. the ``deepspeed`` launcher pretrains the ``tiny`` preset on it (2 CPU ranks, or every GPU);
+2. the ``deepspeed`` launcher, through ``onepeace.launch`` (a SIGTERM then stops it cleanly), pretrains
+   the ``tiny`` preset on it (2 CPU ranks, or every GPU);
 3. ``onepeace-eval`` measures zero-shot retrieval on the held-out split;
 4. the results are printed next to chance level, with where the TensorBoard logs are.
 """
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
           "--val-size", str(args.val_size), "--force"])
     shutil.rmtree(run_dir, ignore_errors=True)
     _run(f"2/3 pretraining the tiny model ({ranks} {'GPU' if gpus else 'CPU'} ranks, deepspeed launcher)",
-         [_bin("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module",
+         [sys.executable, "-m", "onepeace.launch", "--num_gpus", str(ranks), "--master_port", str(free_port()), "--module",
           "onepeace.train", "--config", "demo", "--run-dir", str(run_dir), "--deepspeed_config",
           str(Path(__file__).resolve().parents[1] / "ds_configs" / "cpu.json"), *overrides],
          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})

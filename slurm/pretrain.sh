@@ -88,7 +88,7 @@ extra=("$@")
   || usage "expected RECIPE RUN_DIR [FLAGS...] as arguments (or RECIPE and RUN_DIR in the environment);" \
            "got recipe '${recipe}' and run directory '${run_dir}'"
 [[ -n "${SLURM_JOB_ID:-}" ]] || die "not a SLURM job: submit with 'sbatch $0 RECIPE RUN_DIR'.
-Without SLURM run: deepspeed --num_gpus N --module onepeace.train --config RECIPE --run-dir RUN_DIR --resume auto"
+Without SLURM run: onepeace-launch --num_gpus N --module onepeace.train --config RECIPE --run-dir RUN_DIR --resume auto"
 
 # The repository: ONEPEACE_ROOT, else the folder above the script as it was submitted (the job runs a copy),
 # else the submit directory.

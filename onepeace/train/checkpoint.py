@@ -25,6 +25,8 @@ from ..safe_load import CheckpointFileError, weights_only_loading
 log = logging.getLogger(__name__)
 
 # Fields that do not change parameters or their shapes: a resume may change them.
+# Tests only: seconds every rank sleeps inside each save, to stand for a large ZeRO-3 save.
+TEST_SLOW_SAVE_ENV = "ONEPEACE_TEST_SLOW_SAVE_S"
 RUNTIME_FIELDS = {"attention_backend", "checkpoint_activations", "compile_encoder", "drop_path_rate", "dropout"}
 
 
@@ -59,6 +61,8 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_c
     engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
     path = os.path.join(ckpt_dir, tag)
     torch.save(capture_rng(), os.path.join(path, f"rng_rank{rank:05d}.pt"))
+    if os.environ.get(TEST_SLOW_SAVE_ENV):  # tests only: a save as slow as a large real one
+        time.sleep(float(os.environ[TEST_SLOW_SAVE_ENV]))
     dist_utils.barrier()
     if rank == 0:
         marker = {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.time() - start,

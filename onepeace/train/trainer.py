@@ -60,6 +60,10 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_total = 0
+        # Micro-batches drawn from the stream of data segment ``segment``: more than steps x grad_accum once
+        # a non-finite one was skipped, so a checkpoint records it for the resume to skip exactly as many.
+        self._data_position: dict[str, int] | None = None
+        self._nan_at_step = _test_nonfinite_step()
         if resume_from is not None:
             tag = checkpoint.first_intact(resume_from.ckpt_dir, resume_from.candidates(), device)
             state = checkpoint.load(self.engine, resume_from.ckpt_dir, tag, recipe.model, dist.rank)
@@ -67,6 +71,7 @@ class Trainer:
             self.samples_seen = int(state.get("samples_seen", 0))
             self.nonfinite_total = int(state.get("nonfinite_total", 0))
             self.metrics.flops_per_step = state.get("flops_per_step")  # counting would perturb the next step
+            self._data_position = state.get("data_position")
             log.info("resumed from %s at step %d", os.path.join(resume_from.ckpt_dir, tag), self.step)
         self.stream = build_train_loader(recipe.data, recipe.model, rank=dist.rank, world_size=dist.world_size)
         self._bad_samples_before = 0
@@ -79,7 +84,14 @@ class Trainer:
         per_step = self.train.grad_accum
         while True:
             segment = self.step // seg
-            skip = (self.step - segment * seg) * per_step
+            saved = self._data_position
+            if saved is not None and saved.get("segment") == segment:
+                skip = int(saved["micro_batches"])  # recorded by the checkpoint: exact after skipped ones
+            elif saved is not None:
+                skip = 0  # the checkpoint ended its segment: this one starts afresh
+            else:
+                skip = (self.step - segment * seg) * per_step  # a checkpoint from before data positions
+            self._data_position = {"segment": segment, "micro_batches": skip}
             self._bad_samples_before += self.stream.bad_samples
             self.stream.bad_samples = 0
             self.stream.set_epoch(segment)
@@ -87,13 +99,15 @@ class Trainer:
             for _ in range(skip):
                 next(iterator)
             for micro in iterator:
+                self._data_position["micro_batches"] += 1
                 yield micro
                 if self.step // seg != segment:
                     break
 
     def _client_state(self) -> dict[str, Any]:
         return {"step": self.step, "samples_seen": self.samples_seen, "nonfinite_total": self.nonfinite_total,
-                "flops_per_step": self.metrics.flops_per_step, "recipe": self.recipe.name}
+                "flops_per_step": self.metrics.flops_per_step, "recipe": self.recipe.name,
+                "data_position": dict(self._data_position) if self._data_position else None}
 
     def save(self) -> None:
         checkpoint.save(self.engine, self.ckpt_dir, self.step, self._client_state(), self.recipe.model,
@@ -125,6 +139,8 @@ class Trainer:
                 counter = FlopCounterMode(display=False) if self.metrics.flops_per_step is None else None
                 with counter or contextlib.nullcontext():
                     loss, terms = self.engine(micro)
+                    if self._nan_at_step == self.step and done == 0 and not nonfinite_in_a_row:
+                        loss = loss * float("nan")  # test hook: see _test_nonfinite_step
                     finite = not dist_utils.any_rank(not bool(torch.isfinite(loss)), self.device)
                     if finite:
                         self.engine.backward(loss)
@@ -188,6 +204,16 @@ class Trainer:
             results = self.evaluate(self.engine.module.model, self.step)
         self.engine.train()
         self.metrics.scalars(self.step, results)
+
+
+TEST_NONFINITE_ENV = "ONEPEACE_TEST_NONFINITE_AT_STEP"
+
+
+def _test_nonfinite_step() -> int | None:
+    """Tests only: with ONEPEACE_TEST_NONFINITE_AT_STEP=N the first micro-batch of update N (0-based) gets a
+    non-finite loss once, so a test can check that skipping it keeps resumption exact."""
+    value = os.environ.get(TEST_NONFINITE_ENV)
+    return int(value) if value else None
 
 
 def _logit_scale(model: OnePeace) -> float:

@@ -46,7 +46,8 @@ def test_missing_tokenizer_shards_and_shard_files(tmp_path, capsys, corpus):  # 
     # A shard listed in index.json but gone from disk.
     shards = tmp_path / "copy"
     shards.mkdir()
-    index = json.load(open(os.path.join(corpus["image-text"], "index.json")))
+    with open(os.path.join(corpus["image-text"], "index.json")) as f:
+        index = json.load(f)
     for entry in index["shards"][1:]:
         os.symlink(os.path.join(corpus["image-text"], entry["path"]), shards / entry["path"])
     (shards / "index.json").write_text(json.dumps(index))
