@@ -56,10 +56,14 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, where: str) ->
 def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_config: ModelConfig,
          keep_last: int, rank: int) -> str:
     tag = tag_for(step)
+    path = os.path.join(ckpt_dir, tag)
     os.makedirs(ckpt_dir, exist_ok=True)
     start = time.time()
+    if os.path.isdir(path):  # saving over an older save of this step (a run resumed from before it)
+        if rank == 0 and os.path.exists(os.path.join(path, COMPLETE)):
+            os.remove(os.path.join(path, COMPLETE))  # until the new save is whole, it is not complete
+        dist_utils.barrier()
     engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
-    path = os.path.join(ckpt_dir, tag)
     torch.save(capture_rng(), os.path.join(path, f"rng_rank{rank:05d}.pt"))
     if os.environ.get(TEST_SLOW_SAVE_ENV):  # tests only: a save as slow as a large real one
         time.sleep(float(os.environ[TEST_SLOW_SAVE_ENV]))

@@ -332,3 +332,22 @@ def test_export_refuses_run_directories_files_and_non_empty_directories(tmp_path
         assert export_main([str(run), out, "--force"]) == 2
         assert "training run" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == "model: {}\n" and (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+
+def test_saving_over_an_older_save_of_the_same_step_drops_its_marker_first(tmp_path):
+    """A run resumed from before a (damaged) step N saves step N again: until that save is whole, the
+    directory must not count as complete."""
+    old = tmp_path / "step00000003"
+    old.mkdir()
+    (old / runs.COMPLETE).write_text(json.dumps({"step": 3, "files": {}}))
+    seen = {}
+
+    class Engine:
+        def save_checkpoint(self, ckpt_dir, tag, client_state, save_latest):
+            seen["complete_during_save"] = (tmp_path / tag / runs.COMPLETE).exists()
+            (tmp_path / tag / "mp_rank_00_model_states.pt").write_bytes(b"x" * 10)
+
+    checkpoint.save(Engine(), str(tmp_path), 3, {}, model_config("tiny"), keep_last=3, rank=0)
+    assert seen == {"complete_during_save": False}
+    marker = json.loads((old / runs.COMPLETE).read_text())
+    assert marker["files"]["mp_rank_00_model_states.pt"] == 10 and "rng_rank00000.pt" in marker["files"]
