@@ -186,6 +186,8 @@ def consolidate(checkpoint: str) -> dict[str, torch.Tensor]:
     with contextlib.redirect_stdout(sys.stderr), weights_only_loading():  # DeepSpeed prints; stdout is for results
         try:
             state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
+        except CheckpointFileError:
+            raise
         except (ValueError, FileNotFoundError, KeyError) as exc:  # files missing or not what they should be
             raise CheckpointFileError(checkpoint, f"cannot be consolidated ({exc})") from None
     return {k[len(ENGINE_PREFIX):] if k.startswith(ENGINE_PREFIX) else k: v for k, v in state.items()}
