@@ -19,7 +19,7 @@ from train_helpers import BIN, deepspeed_cmd, run, write_recipe
 
 from onepeace import runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # several runs; a loaded machine is slow
 
 
 @pytest.fixture(scope="module")

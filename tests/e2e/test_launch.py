@@ -15,7 +15,7 @@ from train_helpers import env, free_port, kill_tree, wait_for_text, write_recipe
 
 from onepeace.train.checkpoint import TEST_SLOW_SAVE_ENV
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # several runs; a loaded machine is slow
 SLOW_SAVE_S = 40
 
 
