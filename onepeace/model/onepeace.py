@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import MODALITIES, ModelConfig, from_dict
+from huggingface_hub import ModelHubMixin
+
+from ..config import MODALITIES, ModelConfig, from_dict, to_dict
 from ..ops.attention import AttentionBias, compute_dtype, flex_compiles, resolve_backend
 from ..ops.norm import is_layer_norm
 from .adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
@@ -27,7 +29,8 @@ def _trunc_normal(t: torch.Tensor) -> None:
     nn.init.trunc_normal_(t, std=0.02, a=-0.02, b=0.02)
 
 
-class OnePeace(nn.Module):
+class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeace", "multimodal"],
+               repo_url="https://github.com/OFA-Sys/ONE-PEACE", paper_url="https://arxiv.org/abs/2305.11172"):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
@@ -88,22 +91,36 @@ class OnePeace(nn.Module):
     # Saving and loading
     # ---------------------------------------------------------------------------------------------
 
-    @classmethod
-    def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu", **runtime: object) -> "OnePeace":
-        """A model saved by :meth:`save_pretrained` or ``onepeace-export``. Weights are loaded with
-        ``weights_only=True``: no pickled code runs. ``runtime`` overrides fields such as
-        ``attention_backend`` that do not change parameters."""
-        data = hub.read_export_config(path)
-        config = from_dict(ModelConfig, {**data.get("model", {}), **runtime}, "model")
-        model = cls(config)
-        model.load_state_dict(hub.load_export_state(path, map_location), strict=True)
-        return model
+    # ``from_pretrained(path_or_repo_id, **runtime)`` comes from huggingface_hub's ModelHubMixin: a local
+    # export directory or a Hub repository (see model/hub.py for the layout). ``runtime`` overrides fields
+    # such as ``attention_backend`` that do not change parameters; ``map_location`` places the weights.
 
-    def save_pretrained(self, path: str, extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
-        """``config.yaml`` (the model config plus ``extra``) and ``model.pt`` (a plain state dict)."""
-        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, config: object = None,
+                         map_location: str | torch.device = "cpu", **runtime: object) -> "OnePeace":
+        path = hub.local_copy(model_id, revision, cache_dir, force_download, local_files_only, token)
+        saved, _ = hub.read_export_config(path)  # ``config`` (the mixin's reading of config.json) is not used
+        model = cls(from_dict(ModelConfig, {**to_dict(saved), **runtime}, "model"))
+        model.load_state_dict(hub.load_export_state(path, map_location), strict=True)
+        return model.eval()
+
+    def save_pretrained(self, save_directory: str, *, extra: dict | None = None, dtype: torch.dtype | None = None,
+                        **hub_kwargs: object):
+        """``model.safetensors``, ``config.json`` (the model config plus ``extra``: ``tokenizer``, ``source``)
+        and a model card; ``dtype`` casts floating-point weights (bf16 exports). ``hub_kwargs`` go to
+        ModelHubMixin (``push_to_hub=True, repo_id=...``)."""
+        self._export_options = (extra, dtype)
+        try:
+            return super().save_pretrained(save_directory, **hub_kwargs)
+        finally:
+            del self._export_options
+
+    def _save_pretrained(self, save_directory) -> None:
+        extra, dtype = getattr(self, "_export_options", (None, None))
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                  for k, v in self.state_dict().items()}
-        hub.write_export(path, self.config, state, extra)
+        hub.write_export(str(save_directory), self.config, state, extra)
 
     # ---------------------------------------------------------------------------------------------
     # Encoder
