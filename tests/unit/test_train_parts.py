@@ -1,7 +1,6 @@
 """Trainer components that need no process group: ds_config resolution, schedule, launcher detection,
 checkpoint selection, warm start and freezing, parameter groups, the step objective."""
 
-import json
 import math
 import os
 
@@ -15,7 +14,8 @@ from onepeace import runs
 from onepeace.train import checkpoint
 from onepeace.train.config import LossWeights, TrainConfig
 from onepeace.distributed import detect, first_host
-from onepeace.train.engine import DEFAULT_DS_CONFIG, param_groups, resolve_ds_config
+from onepeace.train.engine import (DEFAULT_DS_CONFIG, ds_config_path, load_ds_config, param_groups,
+                                   resolve_ds_config, shipped_ds_configs)
 from onepeace.train.objective import PretrainObjective
 from onepeace.train.schedule import cosine_factor
 from onepeace.runs import freeze_all_but, warm_start
@@ -54,17 +54,29 @@ def test_contradictions_are_errors(ds, message):
         resolve(ds, precision="fp32")
 
 
+def test_ds_configs_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = ds_config_path("zero2_bf16")
+    assert os.path.isfile(shipped) and shipped.endswith(os.path.join("onepeace", "ds_configs", "zero2_bf16.json"))
+    assert ds_config_path("zero2_bf16.json") == ds_config_path("ds_configs/zero2_bf16.json") == shipped
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs" / "zero2_bf16.json").write_text("{}")  # a file of that name wins
+    assert ds_config_path("ds_configs/zero2_bf16.json") == "ds_configs/zero2_bf16.json"
+    with pytest.raises(ConfigError, match="not found: zero9 .*shipped config: cpu, "):
+        ds_config_path("zero9")
+    with pytest.raises(ConfigError, match="not found: elsewhere/cpu.json"):
+        ds_config_path("elsewhere/cpu.json")
+
+
 def test_fp16_is_refused_on_cpu():
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve(DEFAULT_DS_CONFIG, precision="fp16")
 
 
 def test_shipped_ds_configs_resolve_with_matching_recipes():
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "ds_configs")
-    for name in sorted(os.listdir(root)):
-        if not name.endswith(".json"):
-            continue
-        ds = json.load(open(os.path.join(root, name)))
+    assert {"cpu", "zero2_bf16", "zero3_offload"} <= set(shipped_ds_configs())
+    for name in shipped_ds_configs():
+        ds, _ = load_ds_config(name)
         precision = "fp16" if "fp16" in name else "bf16"
         out = resolve_ds_config(ds, TrainConfig(precision=precision), micro_batch=4, world_size=8,
                                 device_type="cuda", source=name)
