@@ -129,7 +129,6 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
     model = OnePeace(recipe.model)
-    model.set_activation_checkpointing(recipe.train.activation_checkpointing)
     if recipe.train.init_from and resume is None:
         warm_start(model, recipe.train.init_from, recipe.train.init_exclude, recipe.train.reset)
     trainable, frozen = freeze_all_but(model, recipe.train.trainable)

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..model.parameters import takes_weight_decay
+from ..runs import ENGINE_PREFIX
 from .config import TrainConfig
 from .schedule import cosine_schedule
 
@@ -34,7 +36,6 @@ DEFAULT_DS_CONFIG: dict[str, Any] = {
 }
 
 # Parameters that never get weight decay besides 1-D ones: positions, CLS and mask tokens.
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "cls_pos", "mask_token", "rel_bias.tables", "logit_scale")
 
 
 def shipped_ds_configs() -> list[str]:
@@ -126,15 +127,13 @@ def zero_stage(ds: dict[str, Any]) -> int:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices, none on 1-D tensors, positions, CLS/mask tokens, bias tables."""
+    """AdamW groups: decay on matrices, none on 1-D tensors, positions, CLS/mask tokens, bias tables
+    (``model/parameters.py``). ``model`` is a OnePeace or the objective that holds one as ``model``."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (decay if takes_weight_decay(name.removeprefix(ENGINE_PREFIX), p) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
               {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
     return [g for g in groups if g["params"]]

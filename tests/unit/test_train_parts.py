@@ -217,6 +217,23 @@ def test_no_weight_decay_on_vectors_positions_and_tokens():
             "decoder.mask_token.image", "encoder.layers.0.attn.q_bias"} <= no_decay_names
     assert "encoder.layers.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    # The engine's module is the objective (names start with "model."): the same split.
+    wrapped = param_groups(PretrainObjective(model, {"pairs": "image-text"}, LossWeights()), 0.05)
+    assert [[id(p) for p in g["params"]] for g in wrapped] == [[id(p) for p in g["params"]] for g in (decay, no_decay)]
+
+
+def test_one_table_names_components_and_weight_decay():
+    from onepeace.model.accounting import parameter_groups
+    from onepeace.model.parameters import classify
+
+    assert classify("adapters.image.pos_embed") == ("image adapter", False)
+    assert classify("encoder.layers.3.ffn.audio.wi.weight") == ("audio FFNs", True)
+    assert classify("encoder.layers.3.attn.qkv.weight") == ("shared attention", True)
+    assert classify("decoder.mask_token.text") == ("decoder", False)
+    with pytest.raises(KeyError, match="encoder.extra.weight belongs to no component: add a rule"):
+        classify("encoder.extra.weight")
+    model = OnePeace(model_config("tiny"))
+    assert sum(parameter_groups(model).values()) == sum(p.numel() for p in model.parameters())
 
 
 # ---- the step objective -----------------------------------------------------------------------------------
@@ -266,14 +283,14 @@ def test_a_stage_recipe_takes_the_size_dependent_values_from_its_preset_row():
     large = load_recipe("stage1_vl", ["model.preset=large"])
     assert (large.name, large.model.embed_dim, large.model.depth) == ("stage1_vl_large", 1024, 24)
     assert (large.data.train["image-text"].batch_size, large.data.eval["image-text"].batch_size) == (32, 32)
-    assert (large.data.num_workers, large.train.activation_checkpointing, large.train.lr) == (6, False, 5e-4)
+    assert (large.data.num_workers, large.model.checkpoint_activations, large.train.lr) == (6, False, 5e-4)
     big = load_recipe("stage2_al_4b")  # the old name: the stage recipe at that preset
     assert big.to_dict() == load_recipe("stage2_al", ["model.preset=onepeace-4b"]).to_dict()
     assert (big.name, big.model.embed_dim, big.data.train["audio-text"].batch_size) == ("stage2_al_4b", 1536, 16)
-    assert big.train.activation_checkpointing and big.train.init_from == "runs/stage1_vl_4b"
+    assert big.model.checkpoint_activations and big.train.init_from == "runs/stage1_vl_4b"
     assert load_recipe("stage2_al").train.init_from == "runs/stage1_vl_base"  # the file's own preset: base
-    tiny = load_recipe("stage1_vl_tiny", ["data.train.image-text.batch_size=3", "train.activation_checkpointing=true"])
-    assert tiny.data.train["image-text"].batch_size == 3 and tiny.train.activation_checkpointing  # --set wins
+    tiny = load_recipe("stage1_vl_tiny", ["data.train.image-text.batch_size=3", "model.checkpoint_activations=true"])
+    assert tiny.data.train["image-text"].batch_size == 3 and tiny.model.checkpoint_activations  # --set wins
     assert load_recipe("stage1_vl_tiny", ["model.preset=base"]).data.train["image-text"].batch_size == 64
 
 
@@ -289,6 +306,14 @@ def test_preset_rows_must_fit(tmp_path):
     path.write_text("model: {preset: tiny}\ndata: {num_workers: 2}\npresets:\n  tiny: {data.num_workers.x: 1}\n")
     with pytest.raises(ConfigError, match=r"presets.tiny.data.num_workers.x: 'num_workers' is not a mapping"):
         load_recipe(str(path))
+
+
+def test_one_switch_for_activation_checkpointing():
+    assert "activation_checkpointing" not in TrainConfig.__dataclass_fields__
+    # A run config written when the train section held the switch (and overrode the model's) still loads.
+    old = build_recipe({"model": {"preset": "tiny", "checkpoint_activations": False},
+                        "train": {"activation_checkpointing": True}})
+    assert old.model.checkpoint_activations and OnePeace(old.model).encoder.checkpoint_activations
 
 
 def test_recipe_errors_name_the_key(tmp_path):
