@@ -69,10 +69,11 @@ class ModelConfig:
     max_audio_frames: int = 750  # 15 s
 
     # Relative position bias
-    text_rel_exact: int = 128
-    audio_rel_exact: int = 256
+    # Official bucketing: exact within +-(buckets / 2), then (buckets / 2 - 1) log-spaced buckets per side
+    # up to distance rel_max_distance - 1; a table holds 2 * buckets - 1 distances + 3 CLS entries.
+    text_rel_buckets: int = 256  # 514 rows
+    audio_rel_buckets: int = 512  # 1026 rows
     rel_max_distance: int = 1024
-    rel_log_buckets: int = 32  # log-spaced buckets per side beyond the exact range
     share_rel_bias: bool = True  # one table for all layers; OnePeace.unshare_rel_bias() copies it
 
     # Implementation
@@ -117,9 +118,10 @@ class ModelConfig:
         need(self.attention_backend in ("auto", "math", "sdpa", "flex", "xformers"),
              f"attention_backend must be one of auto, math, sdpa, flex, xformers; got {self.attention_backend!r}")
         need(0 <= self.pad_id < self.vocab_size, f"pad_id ({self.pad_id}) must be a token id below vocab_size")
-        need(self.text_rel_exact < self.rel_max_distance and self.audio_rel_exact < self.rel_max_distance,
-             "rel_max_distance must exceed text_rel_exact and audio_rel_exact")
-        need(self.rel_log_buckets >= 1, "rel_log_buckets must be >= 1")
+        for name in ("text_rel_buckets", "audio_rel_buckets"):
+            size = getattr(self, name)
+            need(size % 2 == 0 and 4 <= size < self.rel_max_distance,
+                 f"{name} must be even, at least 4 and below rel_max_distance ({self.rel_max_distance}); got {size}")
         for name in ("depth", "num_heads", "ffn_dim", "decoder_depth", "decoder_ffn_dim", "max_text_tokens",
                      "max_audio_frames", "audio_conv_dim", "sample_rate"):
             need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
