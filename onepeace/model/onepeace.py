@@ -138,7 +138,8 @@ class OnePeace(nn.Module):
         audio_padding_mask: torch.Tensor | None = None,
     ) -> dict[str, AdapterOutput]:
         """The adapters' outputs (CLS + tokens, padding) for the given modalities. This part of a forward
-        does not depend on which tokens a view keeps, so the views of one batch can share it."""
+        does not depend on which tokens a view keeps, so the views of one batch can share it. Audio stops
+        before its conv position embedding, which :meth:`forward_encoder` runs per view on the kept frames."""
         given = {"text": text, "image": image, "audio": audio}
         out = {}
         for m in MODALITIES:
@@ -149,7 +150,7 @@ class OnePeace(nn.Module):
             if m == "text":
                 out[m] = self.adapters[m](text, text_padding_mask)
             elif m == "audio":
-                out[m] = self.adapters[m](audio, audio_padding_mask)
+                out[m] = self.adapters[m].features(audio, audio_padding_mask)
             else:
                 out[m] = self.adapters[m](image)
         return out
@@ -226,11 +227,13 @@ class OnePeace(nn.Module):
     def _drop_masked(
         self, modality: str, out: AdapterOutput, keep: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Gather CLS + visible tokens; returns tokens, padding and local positions (0 = CLS)."""
+        """Gather CLS + visible tokens and add the positions the adapter left to the view (audio: its conv
+        position embedding over the visible frames only); returns tokens, padding and local positions
+        (0 = CLS)."""
         tokens, pad = out.tokens, out.padding_mask
         B, n1, D = tokens.shape
         if keep is None:
-            return tokens, pad, torch.arange(n1, device=tokens.device)[None]
+            return out.with_positions().tokens, pad, torch.arange(n1, device=tokens.device)[None]
         n = n1 - 1
         if not torch.is_tensor(keep) or keep.dim() != 2 or keep.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{modality}_keep must be an integer tensor [B, k] of visible token indices; got "
@@ -246,10 +249,12 @@ class OnePeace(nn.Module):
         keep = keep.long()
         idx = keep.clamp(min=0)
         content = tokens[:, 1:].gather(1, idx[..., None].expand(-1, -1, D))
-        x = torch.cat([tokens[:, :1], content], dim=1)
         drop_pad = keep < 0
         if pad is not None:
             drop_pad = drop_pad | pad[:, 1:].gather(1, idx)
+        if out.positions is not None:
+            content = content + out.positions(content, drop_pad)
+        x = torch.cat([tokens[:, :1], content], dim=1)
         new_pad = F.pad(drop_pad, (1, 0), value=False)
         positions = F.pad(idx + 1, (1, 0), value=0)
         return x, new_pad, positions
