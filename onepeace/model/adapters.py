@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..ops.norm import layer_norm
+from .init import trunc_normal_
 from .position import resize_abs_positions
 
 # wav2vec 2.0 feature extractor layers as (kernel, stride); 320 samples per frame, 400-sample receptive field.
@@ -79,6 +80,10 @@ class VisionAdapter(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.image_grid**2 + 1, d))
 
+    def init_weights(self) -> None:
+        trunc_normal_(self.cls_token)
+        trunc_normal_(self.pos_embed)
+
     @property
     def grid(self) -> int:
         return self.image_size // 16
@@ -133,6 +138,10 @@ class AudioAdapter(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, d))
         self.max_frames = config.max_audio_frames
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.cls_token)
+        trunc_normal_(self.cls_pos)
 
     def forward(self, waveforms: torch.Tensor, padding_mask: torch.Tensor | None = None) -> AdapterOutput:
         return self.features(waveforms, padding_mask).with_positions()
@@ -198,6 +207,10 @@ class TextAdapter(nn.Module):
         self.token_embed = nn.Embedding(config.vocab_size, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.max_text_tokens + 1, d))
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.cls_token)
+        trunc_normal_(self.pos_embed)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> AdapterOutput:
         if not torch.is_tensor(tokens) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Collection
@@ -13,10 +14,10 @@ from torch import nn
 
 from ..config import MODALITIES, ModelConfig, from_dict, load_yaml, to_dict
 from ..ops.attention import AttentionBias, compute_dtype, flex_compiles, resolve_backend
-from ..ops.norm import is_layer_norm
 from .adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
 from .decoder import DenoisingDecoder
 from .encoder import FusionEncoder
+from .init import reset_parameters as reset_model_parameters
 from .outputs import ModalityOutput
 from .position import RelativePositionBias, resize_abs_positions
 
@@ -25,14 +26,11 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)
 CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.pt"
 
 
-def _trunc_normal(t: torch.Tensor) -> None:
-    nn.init.trunc_normal_(t, std=0.02, a=-0.02, b=0.02)
-
-
 class OnePeace(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
+        config = dataclasses.replace(config)  # our own copy: structural changes never reach the caller's
         self.config = config
         self.modalities = [m for m in MODALITIES if m in config.modalities]
         self.adapters = nn.ModuleDict({m: _ADAPTERS[m](config) for m in self.modalities})
@@ -54,37 +52,16 @@ class OnePeace(nn.Module):
     # Initialisation
     # ---------------------------------------------------------------------------------------------
 
+    def init_weights(self) -> None:
+        nn.init.constant_(self.logit_scale, LOGIT_SCALE_INIT)
+
     def reset_parameters(self, only: Collection[str] | None = None) -> None:
-        """Linear and embedding weights: truncated normal (std and cut-off 0.02); all biases 0; LayerNorm 1/0;
-        CLS, position and mask tokens like linear weights; relative tables 0; LayerScale at its init;
-        the logit scale at ln(1/0.07). ``only``: re-initialise just these parameter names."""
-
-        def wanted(name: str) -> bool:
-            return only is None or name in only
-
-        for prefix, module in self.named_modules():
-            prefix = f"{prefix}." if prefix else ""
-            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-            if isinstance(module, (nn.Linear, nn.Embedding)) and wanted(prefix + "weight"):
-                _trunc_normal(weight)
-            elif is_layer_norm(module) and weight is not None and wanted(prefix + "weight"):
-                nn.init.ones_(weight)
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
-                if isinstance(bias, torch.Tensor) and wanted(prefix + "bias"):
-                    nn.init.zeros_(bias)  # conv weights keep PyTorch's fan-in init
-        with torch.no_grad():
-            for name, param in self.named_parameters():
-                leaf = name.rsplit(".", 1)[-1]
-                if not wanted(name):
-                    continue
-                if leaf in ("cls_token", "pos_embed", "cls_pos") or name.startswith("decoder.mask_token"):
-                    _trunc_normal(param)
-                elif leaf in ("q_bias", "v_bias") or name.startswith("rel_bias.tables"):
-                    param.zero_()
-                elif leaf in ("gamma1", "gamma2"):
-                    param.fill_(self.config.layer_scale_init)
-                elif name == "logit_scale":
-                    param.fill_(LOGIT_SCALE_INIT)
+        """Initialise all parameters, or just those named in ``only`` (to exactly what a fresh model gets;
+        the others keep their values). Each module initialises its own (see :mod:`.init`): linear and
+        embedding weights truncated normal (std and cut-off 0.02), biases 0, LayerNorm 1/0, conv weights
+        PyTorch's fan-in init; CLS, position and mask tokens like linear weights; relative tables 0;
+        LayerScale at its init; the logit scale at ln(1/0.07)."""
+        reset_model_parameters(self, only)
 
     # ---------------------------------------------------------------------------------------------
     # Saving and loading
@@ -310,8 +287,7 @@ class OnePeace(nn.Module):
         if "image" not in self.adapters:
             raise ValueError("this model has no image branch")
         self.adapters["image"].resize(image_size)
-        self.config.image_size = image_size
-        self.rel_bias.config = self.config
+        self.config.image_size = image_size  # our own copy, shared with rel_bias
         self.rel_bias.resize_image_grid(image_size // 16)
         if self.decoder is not None:
             pos = self.decoder.pos_embed["image"].data
