@@ -16,8 +16,9 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
+from . import geometry
+
 MODALITIES = ("text", "image", "audio")
-PATCH_SIZE = 16  # the hMLP stem's total stride
 
 
 class ConfigError(ValueError):
@@ -35,7 +36,7 @@ class ModelConfig:
 
     # Keys that older files may hold: (the one value still accepted and dropped, or None; why).
     RETIRED_KEYS: ClassVar[dict[str, tuple[Any, str]]] = {
-        "patch_size": (PATCH_SIZE, "patch_size is no longer a setting: the hMLP stem has a fixed stride of 16"),
+        "patch_size": (geometry.IMAGE_PATCH, "patch_size is no longer a setting: the hMLP stem has a fixed stride of 16"),
         **{key: (None, f"{key} was replaced by text_rel_buckets / audio_rel_buckets (the official ONE-PEACE "
                        "bucketing, 514 and 1026 rows); a model saved with it has relative tables of another size")
            for key in ("text_rel_exact", "audio_rel_exact", "rel_log_buckets")},
@@ -97,7 +98,7 @@ class ModelConfig:
 
     @property
     def image_grid(self) -> int:
-        return self.image_size // PATCH_SIZE
+        return geometry.image_grid(self.image_size)
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -294,15 +295,20 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     out = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            if node.get(k) is None:
-                node[k] = {}
-            if not isinstance(node[k], dict):
-                raise ConfigError(f"override {text!r}: {k!r} is not a mapping")
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(out, keys, value, f"override {text!r}")
     return out
+
+
+def set_dotted(data: dict[str, Any], keys: Sequence[str], value: Any, where: str) -> None:
+    """``data[k0][k1]...[kn] = value`` in place, creating intermediate mappings; ``where`` names the source."""
+    node = data
+    for k in keys[:-1]:
+        if node.get(k) is None:
+            node[k] = {}
+        if not isinstance(node[k], dict):
+            raise ConfigError(f"{where}: {k!r} is not a mapping")
+        node = node[k]
+    node[keys[-1]] = copy.deepcopy(value)
 
 
 def load_yaml(path: str) -> dict[str, Any]:
