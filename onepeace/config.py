@@ -16,6 +16,8 @@ from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
+from . import geometry
+
 MODALITIES = ("text", "image", "audio")
 
 
@@ -67,10 +69,11 @@ class ModelConfig:
     max_audio_frames: int = 750  # 15 s
 
     # Relative position bias
-    text_rel_exact: int = 128
-    audio_rel_exact: int = 256
+    # Official bucketing: exact within +-(buckets / 2), then (buckets / 2 - 1) log-spaced buckets per side
+    # up to distance rel_max_distance - 1; a table holds 2 * buckets - 1 distances + 3 CLS entries.
+    text_rel_buckets: int = 256  # 514 rows
+    audio_rel_buckets: int = 512  # 1026 rows
     rel_max_distance: int = 1024
-    rel_log_buckets: int = 32  # log-spaced buckets per side beyond the exact range
     share_rel_bias: bool = True  # one table for all layers; OnePeace.unshare_rel_bias() copies it
 
     # Implementation
@@ -88,7 +91,7 @@ class ModelConfig:
 
     @property
     def image_grid(self) -> int:
-        return self.image_size // self.patch_size
+        return geometry.image_grid(self.image_size, self.patch_size)
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -115,9 +118,10 @@ class ModelConfig:
         need(self.attention_backend in ("auto", "math", "sdpa", "flex", "xformers"),
              f"attention_backend must be one of auto, math, sdpa, flex, xformers; got {self.attention_backend!r}")
         need(0 <= self.pad_id < self.vocab_size, f"pad_id ({self.pad_id}) must be a token id below vocab_size")
-        need(self.text_rel_exact < self.rel_max_distance and self.audio_rel_exact < self.rel_max_distance,
-             "rel_max_distance must exceed text_rel_exact and audio_rel_exact")
-        need(self.rel_log_buckets >= 1, "rel_log_buckets must be >= 1")
+        for name in ("text_rel_buckets", "audio_rel_buckets"):
+            size = getattr(self, name)
+            need(size % 2 == 0 and 4 <= size < self.rel_max_distance,
+                 f"{name} must be even, at least 4 and below rel_max_distance ({self.rel_max_distance}); got {size}")
         for name in ("depth", "num_heads", "ffn_dim", "decoder_depth", "decoder_ffn_dim", "max_text_tokens",
                      "max_audio_frames", "audio_conv_dim", "sample_rate"):
             need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
@@ -274,15 +278,20 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     out = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            if node.get(k) is None:
-                node[k] = {}
-            if not isinstance(node[k], dict):
-                raise ConfigError(f"override {text!r}: {k!r} is not a mapping")
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(out, keys, value, f"override {text!r}")
     return out
+
+
+def set_dotted(data: dict[str, Any], keys: Sequence[str], value: Any, where: str) -> None:
+    """``data[k0][k1]...[kn] = value`` in place, creating intermediate mappings; ``where`` names the source."""
+    node = data
+    for k in keys[:-1]:
+        if node.get(k) is None:
+            node[k] = {}
+        if not isinstance(node[k], dict):
+            raise ConfigError(f"{where}: {k!r} is not a mapping")
+        node = node[k]
+    node[keys[-1]] = copy.deepcopy(value)
 
 
 def load_yaml(path: str) -> dict[str, Any]:

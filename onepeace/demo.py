@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .train.distributed import free_port
+from .distributed import free_port
 
 TARGET_TIMES_CHANCE = 5.0
 HEADLINE = (("image-text", "image_to_text/R@1"), ("audio-text", "audio_to_text/R@1"))

@@ -106,11 +106,16 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 command -v "$PYTHON" >/dev/null || die "python interpreter '$PYTHON' not found (set PYTHON)"
 
-# A recipe is a file (made absolute) or the name of a shipped one (kept as it is).
+# The job stays where it was submitted (relative paths in FLAGS keep their meaning); the repository goes on
+# the import path for an interpreter that does not have the package installed.
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+
+# A recipe is a file (made absolute) or the name of a shipped one (kept as it is; onepeace.recipe knows them).
 if [[ -f "$recipe" ]]; then
   recipe=$(realpath -- "$recipe")
-elif [[ "$recipe" == */* || "$recipe" == *.yaml || "$recipe" == *.yml || ! -f "$repo/onepeace/recipes/$recipe.yaml" ]]; then
-  shipped=$(cd "$repo/onepeace/recipes" 2>/dev/null && ls -- *.yaml 2>/dev/null | sed 's/\.yaml$//' | paste -sd ' ' - || true)
+elif [[ "$recipe" == */* || "$recipe" == *.yaml || "$recipe" == *.yml ]] \
+     || ! "$PYTHON" -c 'import sys; from onepeace.recipe import shipped_recipes; sys.exit(sys.argv[1] not in shipped_recipes())' "$recipe"; then
+  shipped=$("$PYTHON" -c 'from onepeace.recipe import shipped_recipes; print(" ".join(shipped_recipes()))' 2>/dev/null || true)
   die "recipe $recipe does not exist (relative paths are taken from $PWD); shipped recipes: ${shipped:-none}"
 fi
 run_dir=$(realpath -m -- "$run_dir")
@@ -132,9 +137,6 @@ if [[ -n "${MAX_RESTARTS:-}" && ! "$MAX_RESTARTS" =~ ^[0-9]+$ ]]; then
   die "MAX_RESTARTS must be a non-negative integer, got '$MAX_RESTARTS'"
 fi
 
-# The job stays where it was submitted (relative paths in FLAGS keep their meaning); the repository goes on
-# the import path for an interpreter that does not have the package installed.
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 export PYTHONUNBUFFERED=1
 tasks=${SLURM_NTASKS:-1}

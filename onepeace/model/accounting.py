@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import ModelConfig, to_dict
-from .adapters import audio_frame_count
+from ..geometry import audio_frame_count, max_samples_for_frames
 
 # Standard inputs for FLOP figures: a 256x256 image (257 tokens), 71 text tokens + CLS (72), 15 s audio.
 AUDIO_SECONDS = 15.0
@@ -79,7 +79,7 @@ def sample_inputs(config: ModelConfig, kind: str, batch: int = 1, device: str | 
     if "image" in kind:
         inputs["image"] = torch.zeros(batch, 3, config.image_size, config.image_size, device=device)
     if "audio" in kind:
-        seconds = min(AUDIO_SECONDS, (config.max_audio_frames * 320 + 399) / config.sample_rate)
+        seconds = min(AUDIO_SECONDS, max_samples_for_frames(config.max_audio_frames) / config.sample_rate)
         inputs["audio"] = torch.zeros(batch, int(seconds * config.sample_rate), device=device)
     return inputs
 

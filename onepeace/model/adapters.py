@@ -9,24 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..geometry import AUDIO_CONV_LAYERS, AUDIO_RECEPTIVE_FIELD, audio_frame_count, max_samples_for_frames
 from ..ops.norm import layer_norm
 from .position import resize_abs_positions
-
-# wav2vec 2.0 feature extractor layers as (kernel, stride); 320 samples per frame, 400-sample receptive field.
-AUDIO_CONV_LAYERS: tuple[tuple[int, int], ...] = ((10, 5),) + ((3, 2),) * 4 + ((2, 2),) * 2
-AUDIO_RECEPTIVE_FIELD = 400
-
-
-def audio_frame_count(num_samples: int | torch.Tensor) -> int | torch.Tensor:
-    """Frames the audio conv stack produces for ``num_samples`` waveform samples (0 if too short)."""
-    n = num_samples
-    for kernel, stride in AUDIO_CONV_LAYERS:
-        if isinstance(n, torch.Tensor):
-            n = torch.div(n - kernel, stride, rounding_mode="floor") + 1
-            n = n.clamp(min=0)
-        else:
-            n = max((n - kernel) // stride + 1, 0)
-    return n
 
 
 
@@ -132,7 +117,7 @@ class AudioAdapter(nn.Module):
         if frames > self.max_frames:
             raise ValueError(f"audio of {S} samples gives {frames} frames, more than the position tables hold "
                              f"(model.max_audio_frames = {self.max_frames}); crop it to at most "
-                             f"{self.max_frames * 320 + 399} samples")
+                             f"{max_samples_for_frames(self.max_frames)} samples")
         x = waveforms.to(self.feature_proj.weight.dtype)
         if padding_mask is not None:
             x = x.masked_fill(padding_mask, 0.0)

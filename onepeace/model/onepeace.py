@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Collection
 
 import torch
-import yaml
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import MODALITIES, ModelConfig, from_dict, load_yaml, to_dict
+from ..config import MODALITIES, ModelConfig, from_dict
 from ..ops.attention import AttentionBias, compute_dtype, flex_compiles, resolve_backend
 from ..ops.norm import is_layer_norm
 from .adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
+from . import hub
 from .decoder import DenoisingDecoder
 from .encoder import FusionEncoder
 from .outputs import ModalityOutput
@@ -22,7 +21,6 @@ from .position import RelativePositionBias, resize_abs_positions
 
 _ADAPTERS = {"text": TextAdapter, "image": VisionAdapter, "audio": AudioAdapter}
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
-CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.pt"
 
 
 def _trunc_normal(t: torch.Tensor) -> None:
@@ -95,28 +93,17 @@ class OnePeace(nn.Module):
         """A model saved by :meth:`save_pretrained` or ``onepeace-export``. Weights are loaded with
         ``weights_only=True``: no pickled code runs. ``runtime`` overrides fields such as
         ``attention_backend`` that do not change parameters."""
-        config_file, weights_file = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
-        for f in (config_file, weights_file):
-            if not os.path.isfile(f):
-                raise FileNotFoundError(f"{path} is not an exported ONE-PEACE model: {os.path.basename(f)} is missing")
-        data = load_yaml(config_file)
+        data = hub.read_export_config(path)
         config = from_dict(ModelConfig, {**data.get("model", {}), **runtime}, "model")
         model = cls(config)
-        state = torch.load(weights_file, map_location=map_location, weights_only=True)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(hub.load_export_state(path, map_location), strict=True)
         return model
 
     def save_pretrained(self, path: str, extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
         """``config.yaml`` (the model config plus ``extra``) and ``model.pt`` (a plain state dict)."""
-        os.makedirs(path, exist_ok=True)
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
                  for k, v in self.state_dict().items()}
-        tmp = os.path.join(path, WEIGHTS_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(path, WEIGHTS_FILE))
-        with open(os.path.join(path, CONFIG_FILE + ".tmp"), "w", encoding="utf-8") as f:
-            yaml.safe_dump({"model": to_dict(self.config), **(extra or {})}, f, sort_keys=False)
-        os.replace(os.path.join(path, CONFIG_FILE + ".tmp"), os.path.join(path, CONFIG_FILE))
+        hub.write_export(path, self.config, state, extra)
 
     # ---------------------------------------------------------------------------------------------
     # Encoder

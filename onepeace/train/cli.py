@@ -17,7 +17,7 @@ import torch
 
 from ..config import ConfigError
 from ..recipe import Recipe, dump_recipe, load_recipe, shipped_recipes
-from . import checkpoint, distributed as dist_utils
+from .. import distributed as dist_utils, runs
 from .engine import load_ds_config, resolve_ds_config
 from .signals import StopRequest
 
@@ -63,14 +63,14 @@ def setup_logging(run_dir: str, rank: int) -> None:
 def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     if arg == "none":
-        if checkpoint.complete_tags(ckpt_dir):
+        if runs.complete_tags(ckpt_dir):
             raise ConfigError(f"{run_dir} already has checkpoints: pass --resume auto to continue that run, or "
                               "choose another --run-dir")
         return None
     if arg == "auto":
-        tags = checkpoint.complete_tags(ckpt_dir)
+        tags = runs.complete_tags(ckpt_dir)
         return (ckpt_dir, tags[-1][1]) if tags else None
-    return checkpoint.find_checkpoint(arg)
+    return runs.find_checkpoint(arg)
 
 
 def micro_batch_size(recipe: Recipe) -> int:
@@ -117,10 +117,10 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
     from ..eval.periodic import build_periodic_eval
     from ..model import OnePeace
     from .trainer import Trainer
-    from .warm_start import freeze_all_but, warm_start
+    from ..runs import freeze_all_but, warm_start
 
     if dist.is_main:
-        dump_recipe(recipe, os.path.join(run_dir, "config.yaml"))
+        dump_recipe(recipe, os.path.join(run_dir, runs.RUN_CONFIG))
         log.info("run %s: recipe %s, %d rank(s) via %s, device %s, ZeRO stage %s, %s", run_dir, recipe.source,
                  dist.world_size, dist.launcher, device.type, ds.get("zero_optimization", {}).get("stage", 0),
                  recipe.train.precision)

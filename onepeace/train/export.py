@@ -12,31 +12,23 @@ import sys
 
 import torch
 
-from ..config import ConfigError, load_yaml
+from ..config import ConfigError
 from ..data.tokenizer import TokenizerError, copy_tokenizer
-from ..model import OnePeace
-from ..recipe import build_recipe
-from .checkpoint import find_checkpoint
-from .warm_start import load_weights
+from ..runs import load_model
 
 TOKENIZER_DIR, TOKENIZER_SIDECAR = "tokenizer", "tokenizer.json"
 
 
 def export(source: str, out_dir: str, dtype: str = "fp32") -> str:
-    ckpt_dir, tag = find_checkpoint(source)
-    run_dir = os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
-    config_file = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(config_file):
-        raise ConfigError(f"{run_dir} has no config.yaml: is {source} a run made by onepeace-pretrain?")
-    recipe = build_recipe(load_yaml(config_file), source=config_file)
-    state = load_weights(os.path.join(ckpt_dir, tag))
-    model = OnePeace(recipe.model)
-    model.load_state_dict(state, strict=True)
-    extra = {"source": {"checkpoint": os.path.join(ckpt_dir, tag), "recipe": config_file}}
-    if recipe.data.tokenizer:
-        extra["tokenizer"] = _copy_tokenizer(recipe.data.tokenizer, out_dir)
-    model.save_pretrained(out_dir, extra=extra, dtype={"fp32": None, "bf16": torch.bfloat16}[dtype])
-    return os.path.join(ckpt_dir, tag)
+    loaded = load_model(source)
+    if os.path.abspath(out_dir) == loaded.source:
+        raise ConfigError(f"{out_dir} is the export being read; write the new export elsewhere")
+    extra = {"source": {"checkpoint": loaded.source, "recipe": loaded.recipe_file} if loaded.recipe_file
+             else {"export": loaded.source}}
+    if loaded.tokenizer:
+        extra["tokenizer"] = _copy_tokenizer(loaded.tokenizer, out_dir)
+    loaded.model.save_pretrained(out_dir, extra=extra, dtype={"fp32": None, "bf16": torch.bfloat16}[dtype])
+    return loaded.source
 
 
 def _copy_tokenizer(sidecar: str, out_dir: str) -> str:

@@ -11,13 +11,14 @@ import torch
 from onepeace.config import ConfigError, model_config
 from onepeace.model import OnePeace
 from onepeace.recipe import build_recipe, load_recipe, shipped_recipes
+from onepeace import runs
 from onepeace.train import checkpoint
 from onepeace.train.config import LossWeights, TrainConfig
-from onepeace.train.distributed import detect, first_host
+from onepeace.distributed import detect, first_host
 from onepeace.train.engine import DEFAULT_DS_CONFIG, param_groups, resolve_ds_config
 from onepeace.train.objective import PretrainObjective
 from onepeace.train.schedule import cosine_factor
-from onepeace.train.warm_start import freeze_all_but, warm_start
+from onepeace.runs import freeze_all_but, warm_start
 
 
 # ---- DeepSpeed config: "auto" filled from the recipe, contradictions refused ---------------------------
@@ -129,26 +130,26 @@ def test_bad_rank_environment_is_an_error():
 def test_only_complete_checkpoints_are_found(tmp_path):
     ckpts = tmp_path / "run" / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, False)):
-        d = ckpts / checkpoint.tag_for(step)
+        d = ckpts / runs.tag_for(step)
         d.mkdir(parents=True)
         if complete:
-            (d / checkpoint.COMPLETE).write_text("{}")
-    assert checkpoint.complete_tags(str(ckpts)) == [(2, "step00000002"), (4, "step00000004")]
-    assert checkpoint.find_checkpoint(str(tmp_path / "run")) == (str(ckpts), "step00000004")
-    assert checkpoint.find_checkpoint(str(ckpts / "step00000002")) == (str(ckpts), "step00000002")
+            (d / runs.COMPLETE).write_text("{}")
+    assert runs.complete_tags(str(ckpts)) == [(2, "step00000002"), (4, "step00000004")]
+    assert runs.find_checkpoint(str(tmp_path / "run")) == (str(ckpts), "step00000004")
+    assert runs.find_checkpoint(str(ckpts / "step00000002")) == (str(ckpts), "step00000002")
     with pytest.raises(ConfigError, match="incomplete"):
-        checkpoint.find_checkpoint(str(ckpts / "step00000006"))
+        runs.find_checkpoint(str(ckpts / "step00000006"))
     with pytest.raises(FileNotFoundError):
-        checkpoint.find_checkpoint(str(tmp_path / "nothing"))
+        runs.find_checkpoint(str(tmp_path / "nothing"))
 
 
 def test_prune_keeps_the_newest_and_drops_abandoned(tmp_path):
     for step in (1, 2, 3, 4):
-        d = tmp_path / checkpoint.tag_for(step)
+        d = tmp_path / runs.tag_for(step)
         d.mkdir()
         if step != 2:
-            (d / checkpoint.COMPLETE).write_text("{}")
-    (tmp_path / checkpoint.tag_for(9)).mkdir()  # a save in progress (newer than every complete one)
+            (d / runs.COMPLETE).write_text("{}")
+    (tmp_path / runs.tag_for(9)).mkdir()  # a save in progress (newer than every complete one)
     checkpoint._prune(str(tmp_path), keep_last=2)
     assert sorted(os.listdir(tmp_path)) == ["step00000003", "step00000004", "step00000009"]
 
@@ -247,6 +248,35 @@ def test_every_shipped_recipe_loads():
     for name in shipped_recipes():
         recipe = load_recipe(name)
         assert recipe.data.train and recipe.train.steps > 0
+
+
+def test_a_stage_recipe_takes_the_size_dependent_values_from_its_preset_row():
+    large = load_recipe("stage1_vl", ["model.preset=large"])
+    assert (large.name, large.model.embed_dim, large.model.depth) == ("stage1_vl_large", 1024, 24)
+    assert (large.data.train["image-text"].batch_size, large.data.eval["image-text"].batch_size) == (32, 32)
+    assert (large.data.num_workers, large.train.activation_checkpointing, large.train.lr) == (6, False, 5e-4)
+    big = load_recipe("stage2_al_4b")  # the old name: the stage recipe at that preset
+    assert big.to_dict() == load_recipe("stage2_al", ["model.preset=onepeace-4b"]).to_dict()
+    assert (big.name, big.model.embed_dim, big.data.train["audio-text"].batch_size) == ("stage2_al_4b", 1536, 16)
+    assert big.train.activation_checkpointing and big.train.init_from == "runs/stage1_vl_4b"
+    assert load_recipe("stage2_al").train.init_from == "runs/stage1_vl_base"  # the file's own preset: base
+    tiny = load_recipe("stage1_vl_tiny", ["data.train.image-text.batch_size=3", "train.activation_checkpointing=true"])
+    assert tiny.data.train["image-text"].batch_size == 3 and tiny.train.activation_checkpointing  # --set wins
+    assert load_recipe("stage1_vl_tiny", ["model.preset=base"]).data.train["image-text"].batch_size == 64
+
+
+def test_preset_rows_must_fit(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {preset: large}\npresets:\n  tiny: {data.num_workers: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets has no row for model.preset 'large'; it has tiny"):
+        load_recipe(str(path))
+    assert load_recipe(str(path), ["model.preset=tiny"]).data.num_workers == 1
+    path.write_text("model: {preset: tiny}\npresets:\n  huge: {data.num_workers: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets names unknown model presets huge"):
+        load_recipe(str(path))
+    path.write_text("model: {preset: tiny}\ndata: {num_workers: 2}\npresets:\n  tiny: {data.num_workers.x: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets.tiny.data.num_workers.x: 'num_workers' is not a mapping"):
+        load_recipe(str(path))
 
 
 def test_recipe_errors_name_the_key(tmp_path):
