@@ -1,6 +1,7 @@
 """Trainer components that need no process group: ds_config resolution, schedule, launcher detection,
 checkpoint selection, warm start and freezing, parameter groups, the step objective."""
 
+import json
 import math
 import os
 
@@ -68,6 +69,27 @@ def test_ds_configs_by_name_from_any_directory(tmp_path, monkeypatch):
         ds_config_path("elsewhere/cpu.json")
 
 
+def test_cli_refuses_bad_input_before_anything_starts(tmp_path, capsys, monkeypatch):
+    """In-process: these errors come before any process group, so no launcher is needed."""
+    from onepeace.train.cli import main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {preset: tiny}\ndata:\n  train:\n    image-text: {sources: [{shards: nowhere}]}\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"gradient_clipping": 1.0, "zero_optimization": {"stage": 2}}))
+    assert main(["--config", str(recipe), "--deepspeed_config", str(bad), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "gradient_clipping is 1.0 but the recipe gives 3.0 (train.grad_clip)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(["--config", str(recipe), "--set", "train.stpes=3"]) == 2
+    assert "unknown key train.stpes" in capsys.readouterr().err
+    assert main(["--config", "stage1_vl_huge"]) == 2
+    assert "neither a file nor a shipped recipe (shipped: demo, stage1_vl, stage1_vl_tiny" in capsys.readouterr().err
+    assert main(["--config", str(recipe), "--deepspeed_config", "zero9"]) == 2
+    assert "DeepSpeed config not found: zero9" in capsys.readouterr().err
+
+
 def test_fp16_is_refused_on_cpu():
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve(DEFAULT_DS_CONFIG, precision="fp16")
@@ -118,7 +140,9 @@ def test_detect_slurm_maps_variables_and_falls_back_to_localhost():
     d = detect(env)
     assert (d.rank, d.world_size, d.local_rank, d.launcher) == (3, 4, 1, "slurm")
     assert d.master_addr == "127.0.0.1"  # nosuchnode7 does not resolve
-    assert d.master_port == 20000 + 123456 % 20000
+    # Every rank of a job derives the same port without talking to the others; MASTER_PORT overrides it.
+    assert detect({**env, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}).master_port == d.master_port
+    assert 1024 < d.master_port < 65536 and detect({**env, "MASTER_PORT": "4321"}).master_port == 4321
     assert detect({**env, "SLURM_STEP_NODELIST": "localhost"}).master_addr == "localhost"
 
 
