@@ -4,15 +4,19 @@ the official forward (query - key bias indexing, separate q/k/v, GeGLU wi_0/wi_1
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import string
 import sys
 import types
 
 import pytest
 import torch
 import torch.nn.functional as F
+from data_fixtures import make_image_text, write_gpt2_bpe
 
 from onepeace.data.tokenizer import Tokenizer
+from onepeace.eval.cli import main as eval_main
 from onepeace.integrations.official import (
     ConversionError,
     convert_state,
@@ -263,25 +267,31 @@ def test_audio_weights_land_in_our_modules(official, converted):
     assert torch.equal(sd["logit_scale"], official["logit_scale"].reshape(1))
 
 
-def test_export_round_trip_eval_loading_and_warm_start(official, converted, tmp_path):
+def test_export_round_trip_eval_and_warm_start(official, converted, tmp_path, capsys):
     path = tmp_path / "one-peace.pt"
     torch.save({"model": official, "args": argparse.Namespace(arch="one_peace"), "cfg": {"task": {"bpe": "gpt2"}}},
                path)
-    bpe = tmp_path / "bpe"
-    bpe.mkdir()
-    (bpe / "encoder.json").write_text('{"a": 0, "b": 1, "\\u0120": 2, "\\u0120a": 3}')
-    (bpe / "vocab.bpe").write_text("#version: 0.2\n\u0120 a\n")
-    (bpe / "dict.txt").write_text("3 10\n0 9\n2 8\n")
+    # A dictionary of VOCAB - 4 symbols (the checkpoint has VOCAB text embeddings): " " and the letters a-z.
+    encoder, lines = write_gpt2_bpe(str(tmp_path / "bpe"), [("Ġ", "a")],
+                                    in_dict=lambda i, token: token in ("Ġ", "Ġa", *string.ascii_lowercase))
+    assert len(lines) <= VOCAB - 4
     out = tmp_path / "export"
-    assert main([str(path), str(out), "--bpe-dir", str(bpe)]) == 0
+    assert main([str(path), str(out), "--bpe-dir", str(tmp_path / "bpe")]) == 0
+    assert "2 layers, width 32, 4 heads" in capsys.readouterr().out
     loaded = OnePeace.from_pretrained(str(out))
     reference = converted.model.state_dict()
     assert loaded.state_dict().keys() == reference.keys()
     assert all(torch.equal(loaded.state_dict()[k], reference[k]) for k in reference)
-    for_eval = load_model(str(out))  # what onepeace-eval loads
-    assert for_eval.tokenizer and for_eval.tokenizer.endswith("tokenizer/tokenizer.json")
-    assert Tokenizer(for_eval.tokenizer).encode("A a").tolist() == [4, 4, 2]  # " a" twice, then </s>
-    fresh = OnePeace(loaded.config)  # train.init_from= on a recipe with the same model settings
+
+    tokenizer = Tokenizer(load_model(str(out)).tokenizer)  # the tokenizer onepeace-eval finds in the export
+    model_id = {line.split()[0]: 4 + n for n, line in enumerate(lines)}
+    assert tokenizer.encode("A b").tolist() == [model_id[str(encoder["Ġa"])], model_id[str(encoder["Ġ"])],
+                                                 model_id[str(encoder["b"])], 2]
+    shards = make_image_text(str(tmp_path / "data"), 4, per_shard=2, labels=False)
+    assert eval_main([str(out), "--data", shards, "--batch-size", "2", "--num-workers", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 4
+
+    fresh = OnePeace(loaded.config)  # train.init_from= with a recipe of the same model settings
     report = warm_start(fresh, str(out))
     assert report["loaded"] == len(reference) and report["unused"] == 0
 
