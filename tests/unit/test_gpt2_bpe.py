@@ -10,6 +10,7 @@ import pickle
 import re
 
 import pytest
+from data_fixtures import gpt2_byte_alphabet, write_gpt2_bpe
 
 from onepeace.data.tokenizer import (
     Tokenizer,
@@ -22,12 +23,6 @@ from onepeace.data.tokenizer import (
 # The reference, restated: GPT-2's byte alphabet, its pre-tokenising regex (ASCII-and-Latin form, enough for
 # these captions), merging the lowest-ranked adjacent pair until none applies, fairseq's dict lookup.
 # ---------------------------------------------------------------------------------------------------------
-
-
-def ref_byte_alphabet() -> dict[int, str]:
-    keep = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
-    moved = [b for b in range(256) if b not in keep]
-    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
 
 
 REF_SPLIT = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
@@ -55,7 +50,7 @@ def ref_encode(caption: str, encoder: dict[str, int], merges: list[tuple[str, st
                max_tokens: int = 70) -> list[int]:
     text = caption.lower().lstrip(",.!?*#:;~")
     text = " " + re.sub(r"\s{2,}|\t", " ", text).rstrip("\n").strip(" ")
-    alphabet, ranks = ref_byte_alphabet(), {m: r for r, m in enumerate(merges)}
+    alphabet, ranks = gpt2_byte_alphabet(), {m: r for r, m in enumerate(merges)}
     model_id = {line.split()[0]: 4 + n for n, line in enumerate(dict_lines)}  # after <s> <pad> </s> <unk>
     ids = []
     for piece in REF_SPLIT.findall(text):
@@ -79,19 +74,9 @@ CAPTIONS = ["A red circle on a grey background", "  ...Two  small, BLUE squares!
 @pytest.fixture(scope="module")
 def bpe_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe")
-    alphabet = ref_byte_alphabet()
-    tokens = [alphabet[b] for b in range(256)]
-    tokens += [a + b for a, b in MERGES if a + b not in tokens]
-    # BPE ids deliberately not in alphabet order, so a mix-up of BPE id and position would show.
-    encoder = {t: (i * 37) % len(tokens) for i, t in enumerate(tokens)}
-    assert len(set(encoder.values())) == len(tokens)
-    (root / "encoder.json").write_text(json.dumps(encoder))
-    (root / "vocab.bpe").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES))
-    # dict.txt: fairseq order (by count), leaving out the bytes that start "≠" so that they map to <unk>.
-    kept = sorted(encoder.values(), key=lambda i: (-(i % 7), i))
-    kept = [i for i in kept if i not in (encoder[alphabet[0xE2]], encoder[alphabet[0x89]])]
-    lines = [f"{i} {1000 - n}" for n, i in enumerate(kept)]
-    (root / "dict.txt").write_text("\n".join(lines) + "\n")
+    # dict.txt leaves out the bytes that start "≠", so that they map to <unk>.
+    unknown = {gpt2_byte_alphabet()[0xE2], gpt2_byte_alphabet()[0x89]}
+    encoder, lines = write_gpt2_bpe(str(root), MERGES, in_dict=lambda i, token: token not in unknown)
     return root, encoder, lines
 
 
