@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Collection
 
@@ -13,11 +14,11 @@ from huggingface_hub import ModelHubMixin
 
 from ..config import MODALITIES, ModelConfig, from_dict, to_dict
 from ..ops.attention import AttentionBias, compute_dtype, flex_compiles, resolve_backend
-from ..ops.norm import is_layer_norm
 from .adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
 from . import hub
 from .decoder import DenoisingDecoder
 from .encoder import FusionEncoder
+from .init import reset_parameters as reset_model_parameters
 from .outputs import ModalityOutput
 from .position import RelativePositionBias, resize_abs_positions
 
@@ -25,15 +26,12 @@ _ADAPTERS = {"text": TextAdapter, "image": VisionAdapter, "audio": AudioAdapter}
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 
 
-def _trunc_normal(t: torch.Tensor) -> None:
-    nn.init.trunc_normal_(t, std=0.02, a=-0.02, b=0.02)
-
-
 class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeace", "multimodal"],
                repo_url="https://github.com/OFA-Sys/ONE-PEACE", paper_url="https://arxiv.org/abs/2305.11172"):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
+        config = dataclasses.replace(config)  # our own copy: structural changes never reach the caller's
         self.config = config
         self.modalities = [m for m in MODALITIES if m in config.modalities]
         self.adapters = nn.ModuleDict({m: _ADAPTERS[m](config) for m in self.modalities})
@@ -55,37 +53,16 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
     # Initialisation
     # ---------------------------------------------------------------------------------------------
 
+    def init_weights(self) -> None:
+        nn.init.constant_(self.logit_scale, LOGIT_SCALE_INIT)
+
     def reset_parameters(self, only: Collection[str] | None = None) -> None:
-        """Linear and embedding weights: truncated normal (std and cut-off 0.02); all biases 0; LayerNorm 1/0;
-        CLS, position and mask tokens like linear weights; relative tables 0; LayerScale at its init;
-        the logit scale at ln(1/0.07). ``only``: re-initialise just these parameter names."""
-
-        def wanted(name: str) -> bool:
-            return only is None or name in only
-
-        for prefix, module in self.named_modules():
-            prefix = f"{prefix}." if prefix else ""
-            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-            if isinstance(module, (nn.Linear, nn.Embedding)) and wanted(prefix + "weight"):
-                _trunc_normal(weight)
-            elif is_layer_norm(module) and weight is not None and wanted(prefix + "weight"):
-                nn.init.ones_(weight)
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
-                if isinstance(bias, torch.Tensor) and wanted(prefix + "bias"):
-                    nn.init.zeros_(bias)  # conv weights keep PyTorch's fan-in init
-        with torch.no_grad():
-            for name, param in self.named_parameters():
-                leaf = name.rsplit(".", 1)[-1]
-                if not wanted(name):
-                    continue
-                if leaf in ("cls_token", "pos_embed", "cls_pos") or name.startswith("decoder.mask_token"):
-                    _trunc_normal(param)
-                elif leaf in ("q_bias", "v_bias") or name.startswith("rel_bias.tables"):
-                    param.zero_()
-                elif leaf in ("gamma1", "gamma2"):
-                    param.fill_(self.config.layer_scale_init)
-                elif name == "logit_scale":
-                    param.fill_(LOGIT_SCALE_INIT)
+        """Initialise all parameters, or just those named in ``only`` (to exactly what a fresh model gets;
+        the others keep their values). Each module initialises its own (see :mod:`.init`): linear and
+        embedding weights truncated normal (std and cut-off 0.02), biases 0, LayerNorm 1/0, conv weights
+        PyTorch's fan-in init; CLS, position and mask tokens like linear weights; relative tables 0;
+        LayerScale at its init; the logit scale at ln(1/0.07)."""
+        reset_model_parameters(self, only)
 
     # ---------------------------------------------------------------------------------------------
     # Saving and loading
@@ -142,7 +119,8 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
         audio_padding_mask: torch.Tensor | None = None,
     ) -> dict[str, AdapterOutput]:
         """The adapters' outputs (CLS + tokens, padding) for the given modalities. This part of a forward
-        does not depend on which tokens a view keeps, so the views of one batch can share it."""
+        does not depend on which tokens a view keeps, so the views of one batch can share it. Audio stops
+        before its conv position embedding, which :meth:`forward_encoder` runs per view on the kept frames."""
         given = {"text": text, "image": image, "audio": audio}
         out = {}
         for m in MODALITIES:
@@ -153,7 +131,7 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
             if m == "text":
                 out[m] = self.adapters[m](text, text_padding_mask)
             elif m == "audio":
-                out[m] = self.adapters[m](audio, audio_padding_mask)
+                out[m] = self.adapters[m].features(audio, audio_padding_mask)
             else:
                 out[m] = self.adapters[m](image)
         return out
@@ -230,11 +208,13 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
     def _drop_masked(
         self, modality: str, out: AdapterOutput, keep: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Gather CLS + visible tokens; returns tokens, padding and local positions (0 = CLS)."""
+        """Gather CLS + visible tokens and add the positions the adapter left to the view (audio: its conv
+        position embedding over the visible frames only); returns tokens, padding and local positions
+        (0 = CLS)."""
         tokens, pad = out.tokens, out.padding_mask
         B, n1, D = tokens.shape
         if keep is None:
-            return tokens, pad, torch.arange(n1, device=tokens.device)[None]
+            return out.with_positions().tokens, pad, torch.arange(n1, device=tokens.device)[None]
         n = n1 - 1
         if not torch.is_tensor(keep) or keep.dim() != 2 or keep.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{modality}_keep must be an integer tensor [B, k] of visible token indices; got "
@@ -250,10 +230,12 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
         keep = keep.long()
         idx = keep.clamp(min=0)
         content = tokens[:, 1:].gather(1, idx[..., None].expand(-1, -1, D))
-        x = torch.cat([tokens[:, :1], content], dim=1)
         drop_pad = keep < 0
         if pad is not None:
             drop_pad = drop_pad | pad[:, 1:].gather(1, idx)
+        if out.positions is not None:
+            content = content + out.positions(content, drop_pad)
+        x = torch.cat([tokens[:, :1], content], dim=1)
         new_pad = F.pad(drop_pad, (1, 0), value=False)
         positions = F.pad(idx + 1, (1, 0), value=0)
         return x, new_pad, positions
@@ -309,8 +291,7 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
         if "image" not in self.adapters:
             raise ValueError("this model has no image branch")
         self.adapters["image"].resize(image_size)
-        self.config.image_size = image_size
-        self.rel_bias.config = self.config
+        self.config.image_size = image_size  # our own copy, shared with rel_bias
         self.rel_bias.resize_image_grid(image_size // 16)
         if self.decoder is not None:
             pos = self.decoder.pos_embed["image"].data

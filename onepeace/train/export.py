@@ -9,18 +9,16 @@ tokenizer, so ``onepeace-eval`` and ``encode_text`` need nothing else.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import torch
 
 from ..config import ConfigError
-from ..files import atomic_write
+from ..data.tokenizer import TokenizerError, copy_tokenizer
 from ..runs import load_model
 
-TOKENIZER_DIR = "tokenizer"
+TOKENIZER_DIR, TOKENIZER_SIDECAR = "tokenizer", "tokenizer.json"
 
 
 def export(source: str, out_dir: str, dtype: str = "fp32") -> str:
@@ -36,16 +34,9 @@ def export(source: str, out_dir: str, dtype: str = "fp32") -> str:
 
 
 def _copy_tokenizer(sidecar: str, out_dir: str) -> str:
-    """Copy the tokenizer's sidecar and model file next to the weights; returns the sidecar's path there."""
-    with open(sidecar, encoding="utf-8") as f:
-        meta = json.load(f)
-    target = os.path.join(out_dir, TOKENIZER_DIR)
-    os.makedirs(target, exist_ok=True)
-    model_file = os.path.join(os.path.dirname(os.path.abspath(sidecar)), meta["model_file"])
-    shutil.copy2(model_file, os.path.join(target, os.path.basename(model_file)))
-    meta["model_file"] = os.path.basename(model_file)
-    atomic_write(os.path.join(target, "tokenizer.json"), json.dumps(meta, indent=2))
-    return os.path.join(TOKENIZER_DIR, "tokenizer.json")
+    """Copy the tokenizer's sidecar and files next to the weights; returns the sidecar's path relative to them."""
+    copy_tokenizer(sidecar, os.path.join(out_dir, TOKENIZER_DIR), TOKENIZER_SIDECAR)
+    return os.path.join(TOKENIZER_DIR, TOKENIZER_SIDECAR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         used = export(args.source, args.out_dir, args.dtype)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, TokenizerError) as exc:
         print(f"onepeace-export: error: {exc}", file=sys.stderr)
         return 2
     print(f"exported {used} -> {os.path.abspath(args.out_dir)}")
