@@ -164,8 +164,26 @@ def official_layer(x, sd, p, lengths, bias):
     return x + sd[f"{p}gamma_2"] * torch.cat(parts, dim=1)
 
 
-def official_forward(sd, tokens=None, images=None):
-    """{modality: final hidden states [B, 1 + n, D]} of the official encoder for text, image or a vl pair."""
+def official_audio_features(sd, waves):
+    """wav2vec 2.0 feature extractor, then the convolutional position embedding (official module indices)."""
+    a = "encoder_wrapper.audio_adapter."
+    x = waves[:, None]
+    for j, stride in enumerate((5, 2, 2, 2, 2, 2, 2)):
+        x = F.conv1d(x, sd[f"{a}embed_audios.0.conv_layers.{j}.0.weight"], stride=stride)
+        x = F.gelu(_norm(x.transpose(1, 2), sd, f"{a}embed_audios.0.conv_layers.{j}.2.1").transpose(1, 2))
+    x = F.linear(_norm(x.transpose(1, 2), sd, f"{a}embed_audios.2"), sd[f"{a}embed_audios.3.weight"],
+                 sd[f"{a}embed_audios.3.bias"])
+    pos = x.transpose(1, 2)
+    for j in range(1, POS_CONVS + 1):
+        pos = F.conv1d(pos, sd[f"{a}embed_positions.{j}.0.weight"], sd[f"{a}embed_positions.{j}.0.bias"],
+                       padding=POS_KERNEL // 2, groups=POS_GROUPS)
+        pos = F.gelu(F.layer_norm(pos.transpose(1, 2), (D,)).transpose(1, 2))
+    pos = torch.cat([sd[f"{a}cls_pos_embed"].expand(len(x), -1, -1), pos.transpose(1, 2)], 1)
+    return torch.cat([sd[f"{a}cls_embedding"].expand(len(x), -1, -1), x], 1) + pos
+
+
+def official_forward(sd, tokens=None, images=None, waves=None):
+    """{modality: final hidden states [B, 1 + n, D]} of the official encoder for one modality or a pair."""
     e, xs, tables, lengths = "encoder_wrapper.", [], [], []
     if tokens is not None:
         t = f"{e}text_adapter."
@@ -185,6 +203,11 @@ def official_forward(sd, tokens=None, images=None):
         xs.append(y + sd[f"{e}image_adapter.pos_embed"])
         tables.append(sd[f"{e}image_adapter.rel_pos_table_list.0.weight"][official_image_buckets(GRID)])
         lengths.append(("image", y.shape[1]))
+    if waves is not None:
+        xs.append(official_audio_features(sd, waves))
+        table = sd[f"{e}audio_adapter.rel_pos_table_list.0.weight"]
+        tables.append(table[official_text_buckets(AUDIO_BUCKETS, xs[-1].shape[1])])
+        lengths.append(("audio", xs[-1].shape[1]))
     x = torch.cat(xs, dim=1)
     bias, start = torch.zeros(H, x.shape[1], x.shape[1]), 0
     for table, (_, n) in zip(tables, lengths):
@@ -240,6 +263,11 @@ def test_outputs_equal_the_official_forward(official, converted):
         text_ref = text_ref_full[:, 0]
         expected = F.normalize(F.linear(text_ref, official["text_proj.weight"], official["text_proj.bias"]), dim=-1)
         torch.testing.assert_close(model.encode_text(tokens), expected, rtol=1e-4, atol=1e-4)
+        waves = torch.randn(2, 4000, generator=g)  # 12 frames
+        audio_pair = model.forward_encoder(text=tokens, audio=waves)
+        audio_ref = official_forward(official, tokens, waves=waves)
+        for m in ("text", "audio"):
+            torch.testing.assert_close(audio_pair[m].tokens, audio_ref[m], rtol=1e-4, atol=1e-4)
     # The comparison sees the bias orientation: the official rows loaded unreversed give other outputs.
     raw = official["encoder_wrapper.text_adapter.rel_pos_table_list.0.weight"]
     with torch.no_grad():
