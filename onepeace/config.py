@@ -12,7 +12,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
@@ -33,6 +33,14 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     """Every size and switch of a ONE-PEACE model. Presets live in :data:`MODEL_PRESETS`."""
+
+    # Keys that older files may hold: (the one value still accepted and dropped, or None; why).
+    RETIRED_KEYS: ClassVar[dict[str, tuple[Any, str]]] = {
+        "patch_size": (geometry.IMAGE_PATCH, "patch_size is no longer a setting: the hMLP stem has a fixed stride of 16"),
+        **{key: (None, f"{key} was replaced by text_rel_buckets / audio_rel_buckets (the official ONE-PEACE "
+                       "bucketing, 514 and 1026 rows); a model saved with it has relative tables of another size")
+           for key in ("text_rel_exact", "audio_rel_exact", "rel_log_buckets")},
+    }
 
     # Fusion encoder
     embed_dim: int = 768
@@ -56,9 +64,8 @@ class ModelConfig:
     pad_id: int = 0
     max_text_tokens: int = 71  # 70 tokens + EOS; the adapter prepends CLS
 
-    # Vision adapter (hMLP stem, total stride 16)
+    # Vision adapter (hMLP stem, total stride 16: 16x16-pixel patches)
     image_size: int = 256
-    patch_size: int = 16
 
     # Audio adapter (wav2vec2-style conv stack, 320 samples per frame at 16 kHz)
     sample_rate: int = 16000
@@ -91,7 +98,7 @@ class ModelConfig:
 
     @property
     def image_grid(self) -> int:
-        return geometry.image_grid(self.image_size, self.patch_size)
+        return geometry.image_grid(self.image_size)
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -103,7 +110,6 @@ class ModelConfig:
         need(self.decoder_dim % self.decoder_heads == 0,
              f"decoder_dim ({self.decoder_dim}) must be divisible by decoder_heads ({self.decoder_heads})")
         need(self.embed_dim % 4 == 0, f"embed_dim ({self.embed_dim}) must be divisible by 4 (hMLP stem)")
-        need(self.patch_size == 16, f"patch_size must be 16 (the hMLP stem has stride 16), got {self.patch_size}")
         need(self.image_size % 16 == 0 and self.image_size >= 16,
              f"image_size must be a positive multiple of 16, got {self.image_size}")
         need(len(self.modalities) > 0, "modalities must name at least one of text, image, audio")
@@ -227,12 +233,23 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+def _drop_retired(cls: type, data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """Accept a retired key (``cls.RETIRED_KEYS``) only with the value it always had; name why otherwise."""
+    retired = getattr(cls, "RETIRED_KEYS", {})
+    for key in set(data) & set(retired):
+        accepted, why = retired[key]
+        if accepted is None or data[key] != accepted:
+            raise ConfigError(f"{path + '.' if path else ''}{key}: {why}")
+    return {k: v for k, v in data.items() if k not in retired}
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _drop_retired(cls, data, path)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{path}." if path else ""

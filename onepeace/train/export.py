@@ -1,7 +1,9 @@
-"""``onepeace-export RUN_OR_CHECKPOINT OUT_DIR``: consolidated weights (from ZeRO shards) + model config.
+"""``onepeace-export SOURCE OUT_DIR``: consolidated weights (from ZeRO shards) + model config + tokenizer.
 
-The result loads with ``OnePeace.from_pretrained(OUT_DIR)`` (``weights_only`` loading) and carries the
-run's tokenizer, so ``onepeace-eval`` and ``encode_text`` need nothing else.
+SOURCE is a run, one of its checkpoints, or an export in the older ``config.yaml`` + ``model.pt`` layout
+(which this converts). OUT_DIR holds ``model.safetensors``, ``config.json`` and ``tokenizer/`` (see
+``onepeace/model/hub.py``); it loads with ``OnePeace.from_pretrained(OUT_DIR)`` and carries the run's
+tokenizer, so ``onepeace-eval`` and ``encode_text`` need nothing else.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def _copy_tokenizer(sidecar: str, out_dir: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="onepeace-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="a run directory (newest complete checkpoint), or one checkpoint directory")
-    p.add_argument("out_dir", help="where config.yaml, model.pt and tokenizer/ are written")
+    p.add_argument("source", help="a run directory (newest complete checkpoint), one checkpoint directory, or an "
+                                  "export in the older config.yaml + model.pt layout")
+    p.add_argument("out_dir", help="where model.safetensors, config.json and tokenizer/ are written")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the saved weights")
     args = p.parse_args(argv)
     try:

@@ -167,15 +167,15 @@ def test_forward_flops_scale_with_tokens():
     assert image == pytest.approx(2 * n_layer_params * 257, rel=0.15)
 
 
-def test_summary_cli_json():
-    out = subprocess.run([sys.executable, "-m", "onepeace.summary", "--preset", "onepeace-4b", "--json"],
-                         capture_output=True, text=True, check=True)
-    data = json.loads(out.stdout)
+def test_summary_cli_json(capsys):
+    from onepeace.summary import main
+
+    assert main(["--preset", "onepeace-4b", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
     assert 3.85e9 < data["total_params"] < 4.15e9 and 1.45e9 < data["vision_branch_params"] < 1.55e9
     assert set(data["forward_flops"]) == {"image", "text", "audio", "image-text", "audio-text"}
     assert data["tokens"]["image"] == 257 and data["tokens"]["text"] == 72 and data["tokens"]["image-text"] == 329
-    bad = subprocess.run([sys.executable, "-m", "onepeace.summary", "--preset", "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr
+    assert main(["--preset", "nope"]) == 2 and "unknown preset 'nope'" in capsys.readouterr().err
 
 
 def test_views_can_share_one_adapter_pass(model):
