@@ -371,8 +371,8 @@ def convert(checkpoint: str, out_dir: str, bpe_dir: str | None = None, dtype: st
     sd, placeholders = load_official(checkpoint)
     result = convert_state(sd, decoder_heads)
     result.placeholders = placeholders
-    extra: dict = {"source": {"official": os.path.abspath(checkpoint)},
-                   "conversion": {"fresh": summarise(result.fresh, result.model), "ignored": result.ignored}}
+    extra: dict = {"source": {"official": os.path.abspath(checkpoint),
+                              "fresh": summarise(result.fresh, result.model), "ignored": result.ignored}}
     if bpe_dir:
         sidecar = install_gpt2_bpe(bpe_dir, os.path.join(out_dir, TOKENIZER_DIR), max_tokens=70,
                                    name=TOKENIZER_SIDECAR)
