@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from data_fixtures import make_image_text, write_gpt2_bpe
-from official_layout import MODS, OfficialSize, official_checkpoint
+from official_layout import MODS, OfficialSize, official_checkpoint, official_shapes
 
 from onepeace.data.tokenizer import Tokenizer
 from onepeace.eval.cli import main as eval_main
@@ -316,3 +316,25 @@ def test_one_table_per_layer_gives_unshared_reversed_tables(official):
         for n in range(L):
             theirs = per_layer[f"encoder_wrapper.{m}_adapter.rel_pos_table_list.{n}.weight"]
             assert torch.equal(ours[n], torch.cat([theirs[:-3].flip(0), theirs[-3:]]))
+
+
+def test_the_released_size_maps_onto_the_onepeace_4b_preset():
+    """Shapes only (meta tensors): the official 4B layout infers the onepeace-4b preset's sizes."""
+    from onepeace.config import model_config
+    from onepeace.integrations.official import infer_config, mapping
+
+    released = OfficialSize(d=1536, heads=24, layers=40, ffn=6144, vocab=50264, text_buckets=256, audio_buckets=512,
+                            grid=16, conv=512, pos_convs=5, pos_kernel=19, pos_groups=16, dec_d=768, dec_layers=2,
+                            dec_ffn=2048)
+    sd = {k: torch.empty(shape, device="meta") for k, shape in official_shapes(released).items()}
+    config = infer_config(sd)
+    preset = model_config("onepeace-4b")
+    fields = ("embed_dim", "depth", "num_heads", "ffn_dim", "image_size", "audio_conv_dim", "audio_pos_conv_layers",
+              "audio_pos_conv_kernel", "audio_pos_conv_groups", "text_rel_buckets", "audio_rel_buckets",
+              "rel_max_distance", "decoder_dim", "decoder_depth", "decoder_heads", "decoder_ffn_dim", "max_text_tokens",
+              "max_audio_frames")
+    assert {f: getattr(config, f) for f in fields} == {f: getattr(preset, f) for f in fields}
+    with torch.device("meta"):
+        own = OnePeace(config).state_dict()
+    for ours, (names, combine) in mapping(config).items():
+        assert combine(*[sd[n] for n in names]).shape == own[ours].shape, ours
