@@ -15,10 +15,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import webdataset as wds
 
+from onepeace.config import ConfigError
 from onepeace.data.batching import CollateSpec, collate
 from onepeace.data.config import DataConfig, TaskConfig
 from onepeace.data.decode import BadSample, SkipCounter, decode_sample
 from onepeace.data.formats import KIND_MEMBERS, shard_kinds_for_task, task_members
+from onepeace.data.masking import image_mask_counts
 from onepeace.data.shards import Shard, ShardSet, ShardSpecError, resolve_shards
 from onepeace.data.tokenizer import Tokenizer
 from onepeace.data.transforms import AudioTransform, ImageTransform, max_audio_samples
@@ -95,6 +97,11 @@ class TaskPipeline:
         word_start = tokenizer.word_start if tokenizer is not None else np.zeros(1, dtype=bool)
         self.spec = CollateSpec(kind=self.kind, pad_id=model.pad_id, word_start=word_start,
                                 num_patches=(model.image_size // 16) ** 2, masks=data.masks)
+        if self.kind == "image-text":  # refuse at start-up a ratio pair this grid cannot honour
+            try:
+                image_mask_counts(self.spec.num_patches, data.masks.image, data.masks.pair_image)
+            except ValueError as exc:
+                raise ConfigError(f"task {name}: {exc}") from None
         self.wanted = frozenset(task_members(self.kind))
 
     @property
