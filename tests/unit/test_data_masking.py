@@ -12,8 +12,14 @@ import torch
 
 from onepeace.data.batching import CollateSpec, collate
 from onepeace.data.config import MaskConfig
-from onepeace.data.masking import block_keep, image_keeps, image_mask_counts, pad_keeps, text_keeps, word_ids
-
+from onepeace.data.masking import (
+    block_keep,
+    image_keeps,
+    image_mask_counts,
+    pad_keeps,
+    text_keeps,
+    word_ids,
+)
 
 # ---- plain re-statements of the reference recipe's mask rules ----------------------------------------------
 # Image-only view: int(0.75 * N) random patches masked. Image-text pair: int(0.6875 * N) masked, namely
