@@ -161,7 +161,7 @@ def test_stage2_trains_the_recipe_s_set_and_nothing_else(tmp_path, demo_corpus):
         init_from=str(tmp_path / "s1"), init_exclude=shipped.init_exclude, reset=shipped.reset,
         trainable=shipped.trainable, loss_weights=vars(shipped.loss_weights))
     out = run(deepspeed_cmd(["--config", str(stage2), "--run-dir", str(tmp_path / "s2"), "--deepspeed_config",
-                             str(ds_config(tmp_path, 2))]))
+                             str(ds_config(tmp_path, 2))]), timeout=600)
     assert out.returncode == 0, out.stdout[-3000:]
     for name in ("s1", "s2"):
         exported = run([str(BIN / "onepeace-export"), str(tmp_path / name), str(tmp_path / f"{name}-export")])
