@@ -96,7 +96,7 @@ class TaskPipeline:
                                     int(data.min_audio_seconds * model.sample_rate), train)
         word_start = tokenizer.word_start if tokenizer is not None else np.zeros(1, dtype=bool)
         self.spec = CollateSpec(kind=self.kind, pad_id=model.pad_id, word_start=word_start,
-                                num_patches=(model.image_size // 16) ** 2, masks=data.masks)
+                                num_patches=model.image_grid ** 2, masks=data.masks)
         if self.kind == "image-text":  # refuse at start-up a ratio pair this grid cannot honour
             try:
                 image_mask_counts(self.spec.num_patches, data.masks.image, data.masks.pair_image)
