@@ -54,7 +54,8 @@ def in_dataset_order(rows: Rows, total_samples: int, set_name: str) -> Rows:
         raise EvalError(f"evaluation set {set_name}: the ranks produced {len(rows)} samples and skipped "
                         f"{rows.skipped} unreadable ones, but index.json lists {total_samples}: samples were "
                         f"{'missed' if len(rows) + rows.skipped < total_samples else 'added'} (shards changed "
-                        "since their index was written?)")
+                        "since their index was written, or a sizes file trusted by onepeace-index-shards --trust-sizes "
+                        "is wrong: index them again without --trust-sizes)")
     order = sorted(range(len(rows)), key=rows.ids.__getitem__)
     index = torch.tensor(order, dtype=torch.long)
     # Text rows (one per caption) follow their samples; a sample's captions keep their order.
