@@ -1,0 +1,1 @@
+"""Adapters that let other evaluation tools run onepeace models (imported only on demand)."""
