@@ -16,7 +16,7 @@ import soundfile as sf
 from PIL import Image, ImageFile
 
 from onepeace.data.formats import KIND_MODALITIES
-from onepeace.data.layout import BUILT, Layout, captions_of, field_value, first_member, parse_json_member
+from onepeace.data.layout import BUILT, Layout, MissingCaption, captions_of, field_value, first_member, parse_json_member
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 log = logging.getLogger("onepeace.data")
@@ -90,6 +90,8 @@ def decode_sample(sample: dict, kind: str, sample_rate: int, image_min_side: int
             out["captions"] = captions_of(layout.caption, sample.get("txt"), meta)
     except BadSample:
         raise
+    except MissingCaption as exc:
+        raise BadSample(str(exc)) from None
     except Exception as exc:  # decoders raise many types on damaged bytes
         raise BadSample(f"{type(exc).__name__}: {exc}") from None
     return out

@@ -182,3 +182,14 @@ def test_training_draws_one_caption_per_sample_and_epoch_reproducibly(foreign):
 
     first, again = tokens(0), tokens(0)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_verify_shards_decodes_indexed_shards_where_members_say(tmp_path, capsys):
+    from data_tools import verify_shards
+
+    folder = str(tmp_path / "audio")
+    write_laion_audio(folder, shards=2, per_shard=3, broken={"4": "empty_text"})
+    assert index(folder) == 0
+    assert verify_shards.main([folder, "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "ok   0.tar: 3 samples" in out and "FAIL 1.tar: 1 problem" in out and "4: empty caption" in out
