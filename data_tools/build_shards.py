@@ -27,12 +27,13 @@ PROG = "python -m data_tools.build_shards"
 
 
 def parse_bytes(text: str) -> int:
-    """'1000000', '500M', '1G', '1.5GB' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
+    """'1000000', '500M', '1G', '1.5GB' -> bytes in powers of 1000; '1GiB', '512Mi' in powers of 1024."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(?:([kKmMgGtT])([iI]?))?[bB]?\s*", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1000000, 500M or 1G")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1000000, 500M, 1G or 1GiB")
+    number, prefix, binary = m.group(1), (m.group(2) or "").lower(), bool(m.group(3))
+    power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[prefix]
+    return int(float(number) * (1024 if binary else 1000) ** power)
 
 
 def positive_int(text: str) -> int:
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=positive_int, default=d.samples_per_shard,
                    help="start a new shard after this many samples (default: %(default)s)")
     p.add_argument("--max-shard-bytes", type=parse_bytes, default=d.max_shard_bytes,
-                   help="start a new shard before one would grow past this size, e.g. 500M or 1G (default: 1G)")
+                   help="start a new shard before one would grow past this size, e.g. 500M, 1G (10^9) or 1GiB (2^30) (default: 1G)")
     p.add_argument("--workers", type=positive_int, default=default_workers(),
                    help="processes decoding and encoding media; the output does not depend on it "
                         "(default: the CPUs this process may use, %(default)s here)")

@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pad_sequence
 from onepeace.data.config import MaskConfig
 from onepeace.data.masking import block_keep, image_keeps, pad_keeps, text_keeps
 from onepeace.data.transforms import CLIP_MEAN, CLIP_STD
-from onepeace.model.adapters import audio_frame_count
+from onepeace.geometry import audio_frame_count
 
 _SCALE = torch.tensor([1 / (255.0 * s) for s in CLIP_STD]).view(1, 3, 1, 1)
 _SHIFT = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]).view(1, 3, 1, 1)

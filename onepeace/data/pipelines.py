@@ -105,7 +105,7 @@ class TaskPipeline:
                                     int(data.min_audio_seconds * model.sample_rate), train)
         word_start = tokenizer.word_start if tokenizer is not None else np.zeros(1, dtype=bool)
         self.spec = CollateSpec(kind=self.kind, pad_id=model.pad_id, word_start=word_start,
-                                num_patches=(model.image_size // 16) ** 2, masks=data.masks,
+                                num_patches=model.image_grid ** 2, masks=data.masks,
                                 all_captions=not train and "-" in self.kind)
         self.modalities = KIND_MODALITIES[self.kind]
         self.layouts: dict[str, Layout] = {s.url: s.layout for found in self.sources for s in found.shards}

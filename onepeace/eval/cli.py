@@ -28,12 +28,13 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError
+from ..files import atomic_write
 from ..data.config import DataConfig, SourceConfig, TaskConfig
 from ..data.shards import ShardSpecError, resolve_shards
 from ..data.tokenizer import Tokenizer, TokenizerError
-from ..train import distributed as dist_utils
+from .. import distributed as dist_utils
 from .errors import EvalError
-from .loading import LoadedModel, load_model
+from ..runs import EVAL_RUNTIME, LoadedModel, load_model
 from .report import format_table, to_json
 from .zeroshot import KINDS, Classifier, check_supported, default_template, evaluate_stream, needed_modalities
 
@@ -105,7 +106,7 @@ def prepare(args: argparse.Namespace, dist: dist_utils.DistEnv) -> Job:
     if kind not in KINDS:
         raise EvalError(f"{args.data} holds {kind} shards; evaluation reads {', '.join(KINDS)} (choose with --kind)")
     classifier = Classifier.from_file(args.labels, args.template or default_template(kind)) if args.labels else None
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, **EVAL_RUNTIME)
     name = args.data
     check_supported(loaded.model.config, kind, name, classifier is not None)
     tokenizer = _tokenizer(args, loaded, kind, classifier is not None)
@@ -178,10 +179,7 @@ def _report(args: argparse.Namespace, job: Job, result, dist: dist_utils.DistEnv
     payload = to_json(result, header)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = f"{args.out}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, args.out)
+        atomic_write(args.out, json.dumps(payload, indent=2))
     if args.json:
         print(json.dumps(payload))
     else:

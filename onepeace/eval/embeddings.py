@@ -12,7 +12,7 @@ from typing import Iterable
 
 import torch
 
-from ..train.distributed import any_rank
+from ..distributed import any_rank, world_size
 
 
 @dataclass
@@ -63,16 +63,11 @@ def filler_batch(config, modalities: Iterable[str]) -> dict:
     return batch
 
 
-def _lockstep() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() \
-        and torch.distributed.get_world_size() > 1
-
-
 def embed_batches(model, batches: Iterable[dict], modalities: tuple[str, ...], device: torch.device) -> Rows:
     """Embeddings of every batch of this rank (``skipped`` is left for the caller, who owns the stream)."""
     rows = Rows()
     parts: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
-    lockstep = _lockstep()
+    lockstep = world_size() > 1
     it = iter(batches)
     done = False
     while True:

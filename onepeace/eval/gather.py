@@ -12,19 +12,14 @@ from collections import Counter
 
 import torch
 
+from .. import distributed
 from .embeddings import Rows
 from .errors import EvalError
 
 
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
 def gather_rows(local: Rows) -> Rows:
     """Every rank's rows concatenated (rank 0's first) on every rank; collective when world size > 1."""
-    world = _world_size()
+    world = distributed.world_size()
     if world == 1:
         return local
     parts: list = [None] * world

@@ -1,1 +1,1 @@
-"""Adapters that let other evaluation tools run onepeace models (imported only on demand)."""
+"""Bridges to other tools and formats: the official ONE-PEACE checkpoints, clip-benchmark (imported on demand)."""

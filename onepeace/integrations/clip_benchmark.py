@@ -20,7 +20,7 @@ from torch import nn
 from ..data.batching import normalize_images
 from ..data.tokenizer import Tokenizer
 from ..data.transforms import image_to_tensor
-from ..eval.loading import load_model
+from ..runs import EVAL_RUNTIME, load_model
 
 MODEL_TYPE = "onepeace"
 
@@ -66,7 +66,7 @@ class TextTokenizer:
 
 def load_onepeace(model_name: str, pretrained: str, cache_dir: str | None = None, device="cpu"):
     """clip_benchmark's loader contract: ``(model, transform, tokenizer)``."""
-    loaded = load_model(pretrained)
+    loaded = load_model(pretrained, **EVAL_RUNTIME)
     if loaded.tokenizer is None:
         raise ValueError(f"{pretrained} names no tokenizer; export the model with its tokenizer")
     config = loaded.model.config

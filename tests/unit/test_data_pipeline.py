@@ -14,7 +14,8 @@ from data_fixtures import corpus, index_of, make_image_text, read_tar, write_tar
 from PIL import Image
 
 from onepeace.config import ConfigError, from_dict, model_config
-from onepeace.data import DataConfig, build_eval_loader, build_train_loader, rank_and_world_size
+from onepeace.data import DataConfig, build_eval_loader, build_train_loader
+from onepeace.distributed import rank_and_world_size
 from onepeace.data.pipelines import Placement, TaskPipeline
 from onepeace.data.shards import ShardSpecError
 from onepeace.data.transforms import AudioTransform, ImageTransform, max_audio_samples, random_resized_crop_box
