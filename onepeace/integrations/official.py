@@ -371,8 +371,8 @@ def convert(checkpoint: str, out_dir: str, bpe_dir: str | None = None, dtype: st
     sd, placeholders = load_official(checkpoint)
     result = convert_state(sd, decoder_heads)
     result.placeholders = placeholders
-    extra: dict = {"source": {"official": os.path.abspath(checkpoint)},
-                   "conversion": {"fresh": summarise(result.fresh, result.model), "ignored": result.ignored}}
+    extra: dict = {"source": {"official": os.path.abspath(checkpoint),
+                              "fresh": summarise(result.fresh, result.model), "ignored": result.ignored}}
     if bpe_dir:
         sidecar = install_gpt2_bpe(bpe_dir, os.path.join(out_dir, TOKENIZER_DIR), max_tokens=70,
                                    name=TOKENIZER_SIDECAR)
@@ -406,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"converted {args.checkpoint} -> {os.path.abspath(args.out_dir)}: {c.depth} layers, width {c.embed_dim}, "
           f"{c.num_heads} heads, FFN {c.ffn_dim}, modalities {', '.join(c.modalities)}, "
           f"{sum(p.numel() for p in result.model.parameters()) / 1e6:.1f}M parameters")
+    if "text" in c.modalities:
+        print(f"text: vocab_size {c.vocab_size}, pad_id {c.pad_id} (set both when training from this export)")
     if result.fresh:
         print("freshly initialised (not in the checkpoint): " + ", ".join(summarise(result.fresh, result.model)))
     if result.ignored:

@@ -179,6 +179,8 @@ def test_export_then_from_pretrained_gives_the_same_embeddings(tmp_path, demo_co
     assert out.returncode == 0, out.stdout[-3000:]
     exported = run([str(BIN / "onepeace-export"), str(tmp_path / "run"), str(tmp_path / "export")])
     assert exported.returncode == 0, exported.stderr
+    assert {"model.safetensors", "config.json", "tokenizer"} <= set(os.listdir(tmp_path / "export"))
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["tokenizer"] == "tokenizer/tokenizer.json"
     script = REPO_ROOT / "tests" / "e2e" / "engine_embeddings.py"
     out = run(deepspeed_cmd([str(recipe), str(tmp_path / "run"), str(tmp_path / "export"),
                              str(ds_config(tmp_path, 3))], module=None, script=str(script)), timeout=600)
