@@ -8,7 +8,6 @@ import os
 import shutil
 import tarfile
 
-import numpy as np
 import pytest
 import torch
 from data_fixtures import make_tokenizer

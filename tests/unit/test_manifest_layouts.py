@@ -9,7 +9,14 @@ import json
 import os
 
 import pytest
-from data_fixtures import build, index_of, read_tar, rejects_of, write_audio, write_image
+from data_fixtures import (
+    build,
+    index_of,
+    read_tar,
+    rejects_of,
+    write_audio,
+    write_image,
+)
 
 from data_tools.manifest_layouts import detect_layout
 
