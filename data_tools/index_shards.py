@@ -144,7 +144,7 @@ def index_shards(paths: list[str], out_dir: str, *, name: str, kind: str | None 
                 break
             if probe.error is not None:
                 scans[path] = probe  # unreadable: reported and left out
-    media = {ext for scan in probes for exts in scan.samples for ext in exts}
+    media = {ext for scan in probes for exts, _ in scan.samples for ext in exts}
     kind, layout = choose_layout([s for s in probes if s.error is None], kind, caption, media)
     modalities = KIND_MODALITIES[kind]
 

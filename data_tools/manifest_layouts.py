@@ -125,6 +125,16 @@ class LayoutManifest:
     def source(self) -> str:
         return self.path
 
+    @property
+    def options(self) -> dict:
+        """What else decides the rows: part of the build's recorded source, which --resume compares."""
+        out: dict = {}
+        if self.audio_pattern:
+            out["audio_pattern"] = self.audio_pattern
+        if self.aliases:
+            out["columns"] = {ours: theirs for theirs, ours in self.aliases.items()}
+        return out
+
     def _columns(self) -> tuple[str, ...]:
         if self.layout in ("wavcaps", "clotho", "audiocaps"):
             return ("id", "audio", "text")

@@ -44,7 +44,8 @@ def split_member(name: str) -> tuple[str, str] | tuple[None, None]:
 @dataclass
 class SampleInfo:
     key: str
-    extensions: set[str] = field(default_factory=set)
+    extensions: set[str] = field(default_factory=set)  # as WebDataset names them: all after the key's dot
+    suffixes: set[str] = field(default_factory=set)  # the last extension of each member (what readers select by)
     txt: bytes | None = None
     json: bytes | None = None
 
@@ -66,6 +67,7 @@ def iter_samples(path: str, read_text: bool = True):
                     yield current
                 current = SampleInfo(key)
             current.extensions.add(ext)
+            current.suffixes.add(ext.rpartition(".")[2])
             if read_text and ext in ("txt", "json") and info.size <= 1 << 20:
                 data = tar.extractfile(info).read()
                 setattr(current, ext, data)
@@ -79,7 +81,7 @@ class ShardScan:
 
     path: str
     bytes: int = 0
-    samples: list[frozenset[str]] = field(default_factory=list)
+    samples: list[tuple[frozenset[str], frozenset[str]]] = field(default_factory=list)  # (extensions, suffixes)
     captions: Counter = field(default_factory=Counter)  # caption source -> samples where it gives a caption
     bad_json: list[str] = field(default_factory=list)  # keys of samples whose KEY.json does not parse
     no_caption: dict[str, list[str]] = field(default_factory=dict)  # caption source -> keys without a caption
@@ -97,9 +99,9 @@ def scan_shard(path: str, caption: str | None = None, limit: int | None = None) 
     try:
         scan.bytes = os.path.getsize(path)
         for sample in iter_samples(path):
-            if not sample.extensions & KNOWN_EXTENSIONS:
+            if not sample.suffixes & KNOWN_EXTENSIONS:
                 continue
-            scan.samples.append(frozenset(sample.extensions))
+            scan.samples.append((frozenset(sample.extensions), frozenset(sample.suffixes)))
             meta = None
             if sample.json is not None:
                 try:
@@ -121,12 +123,14 @@ def scan_shard(path: str, caption: str | None = None, limit: int | None = None) 
     return scan
 
 
-def usable_count(samples: list[frozenset[str]], layout: Layout, modalities: tuple[str, ...]) -> tuple[int, int]:
-    """(samples a reader of ``layout`` sees, those among them without the media it needs)."""
+def usable_count(samples: list[tuple[frozenset[str], frozenset[str]]], layout: Layout,
+                 modalities: tuple[str, ...]) -> tuple[int, int]:
+    """(samples a reader of ``layout`` sees, those among them without the media it needs). Readers select
+    members by their last extension, then find the media under WebDataset's full extension."""
     wanted = layout.members(modalities)
     seen = no_media = 0
-    for exts in samples:
-        if not exts & wanted:
+    for exts, suffixes in samples:
+        if not suffixes & wanted:
             continue
         seen += 1
         if ("image" in modalities and not exts & set(layout.image)) or \

@@ -15,9 +15,15 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from data_tools.parallel import ordered_map
-from data_tools.tarwriter import file_sha256
 from data_tools.shard_scan import split_member
-from onepeace.data.decode import BadSample, decode_audio, decode_image, decode_meta, decode_sample
+from data_tools.tarwriter import file_sha256
+from onepeace.data.decode import (
+    BadSample,
+    decode_audio,
+    decode_image,
+    decode_meta,
+    decode_sample,
+)
 from onepeace.data.formats import KIND_MEMBERS, KIND_MODALITIES, MEMBER_EXTENSIONS
 from onepeace.data.layout import Layout
 from onepeace.data.shards import ShardSpecError, load_index

@@ -16,7 +16,15 @@ import soundfile as sf
 from PIL import Image, ImageFile
 
 from onepeace.data.formats import KIND_MODALITIES
-from onepeace.data.layout import BUILT, Layout, MissingCaption, captions_of, field_value, first_member, parse_json_member
+from onepeace.data.layout import (
+    BUILT,
+    Layout,
+    MissingCaption,
+    captions_of,
+    field_value,
+    first_member,
+    parse_json_member,
+)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 log = logging.getLogger("onepeace.data")

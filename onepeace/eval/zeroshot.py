@@ -7,8 +7,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .classification import (DEFAULT_TEMPLATES, class_prompts, classification_chance, classification_metrics,
-                             encode_prompts, label_targets, read_class_names, tokenize_prompts, top_k)
+from .classification import (
+    DEFAULT_TEMPLATES,
+    class_prompts,
+    classification_chance,
+    classification_metrics,
+    encode_prompts,
+    label_targets,
+    read_class_names,
+    tokenize_prompts,
+    top_k,
+)
 from .embeddings import embed_batches
 from .errors import EvalError
 from .gather import gather_rows, in_dataset_order

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 
-import numpy as np
 import pytest
 import torch
 from data_fixtures import make_tokenizer
@@ -193,3 +193,27 @@ def test_verify_shards_decodes_indexed_shards_where_members_say(tmp_path, capsys
     assert verify_shards.main([folder, "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "ok   0.tar: 3 samples" in out and "FAIL 1.tar: 1 problem" in out and "4: empty caption" in out
+
+
+def test_counts_match_what_the_readers_see_with_dotted_keys(tmp_path):
+    """WebDataset keys end at the first dot: 'a.b.jpg' is sample 'a' with extension 'b.jpg', which readers
+    select (by '.jpg') but cannot use; it is counted and reported, so evaluation accounting still adds up."""
+    from foreign_shards import _add, image_bytes
+
+    folder = tmp_path / "dots"
+    folder.mkdir()
+    with tarfile.open(folder / "0.tar", "w") as tar:
+        for key, name in (("k1", "k1.jpg"), ("k2", "k2.b.jpg")):
+            _add(tar, name, image_bytes(1))
+            _add(tar, f"{key}.txt", b"a caption")
+        _add(tar, "k3.b.jpg", image_bytes(2))  # only a dotted member: still a sample the readers see
+        _add(tar, "k3.c.txt", b"another caption")
+    assert index(str(folder)) == 0
+    idx = read_index(folder)
+    assert idx["total_samples"] == 3 and idx["problems"]["no_media"] == 2
+    tok = make_tokenizer(str(tmp_path), [str(folder)])
+    cfg = from_dict(DataConfig, {"tokenizer": tok, "num_workers": 0, "eval": {
+        "image-text": {"batch_size": 2, "sources": [{"shards": str(folder)}]}}}, "data")
+    loader = build_eval_loader("image-text", cfg, MODEL, rank=0, world_size=1)
+    ids = [i for b in loader for i in b["ids"]]
+    assert ids == ["k1"] and loader.bad_samples == 2

@@ -9,7 +9,14 @@ import json
 import os
 
 import pytest
-from data_fixtures import build, index_of, read_tar, rejects_of, write_audio, write_image
+from data_fixtures import (
+    build,
+    index_of,
+    read_tar,
+    rejects_of,
+    write_audio,
+    write_image,
+)
 
 from data_tools.manifest_layouts import detect_layout
 
@@ -113,3 +120,14 @@ def test_column_aliases_ignore_other_columns_and_take_caption_lists(tmp_path):
     with pytest.raises(SystemExit):
         build("--manifest", str(jsonl), "--out", out, "--layout", "nope")
     assert build("--manifest", str(jsonl), "--out", str(tmp_path / "bad"), "--columns", "picture=path") == 2
+
+
+
+def test_layout_options_are_recorded_in_the_index(tmp_path):
+    """They decide which file each row reads, so they belong to the build's identity (--resume checks it)."""
+    write_audio(str(tmp_path / "clips" / "Yabc_0.wav"), seconds=0.4)
+    manifest = write_csv(tmp_path / "val.csv", ["audiocap_id", "youtube_id", "start_time", "caption"],
+                         [["1", "abc", "0", "A tone"]])
+    out = str(tmp_path / "shards")
+    assert build("--manifest", manifest, "--out", out, "--audio-pattern", "clips/Y{youtube_id}_*.wav") == 0
+    assert index_of(out)["source"]["layout_options"] == {"audio_pattern": "clips/Y{youtube_id}_*.wav"}
