@@ -37,8 +37,8 @@ class ModelConfig:
     # Keys that older files may hold: (the one value still accepted and dropped, or None; why).
     RETIRED_KEYS: ClassVar[dict[str, tuple[Any, str]]] = {
         "patch_size": (geometry.IMAGE_PATCH, "patch_size is no longer a setting: the hMLP stem has a fixed stride of 16"),
-        **{key: (None, f"{key} was replaced by text_rel_buckets / audio_rel_buckets (the official ONE-PEACE "
-                       "bucketing, 514 and 1026 rows); a model saved with it has relative tables of another size")
+        **{key: (None, (f"{key} was replaced by text_rel_buckets / audio_rel_buckets (the official ONE-PEACE "
+                        "bucketing, 514 and 1026 rows); a model saved with it has relative tables of another size"))
            for key in ("text_rel_exact", "audio_rel_exact", "rel_log_buckets")},
     }
 

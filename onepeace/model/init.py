@@ -26,23 +26,23 @@ def trunc_normal_(t: torch.Tensor) -> torch.Tensor:
 def init_module(module: nn.Module) -> None:
     """Initialise the parameters ``module`` holds itself (not its submodules').
 
-    Linear and embedding weights: truncated normal; biases 0; LayerNorm 1/0; conv weights PyTorch's
-    fan-in init. Our own modules define ``init_weights()`` for theirs (including those they keep in a
-    ``ParameterDict``).
+    Our own modules define ``init_weights()`` for all they hold (including what they keep in a
+    ``ParameterDict``). Torch layers: linear and embedding weights truncated normal; biases 0; LayerNorm
+    1/0; conv weights PyTorch's fan-in init.
     """
     with torch.no_grad():
+        if callable(getattr(module, "init_weights", None)):
+            module.init_weights()
+            return
         if isinstance(module, (nn.Linear, nn.Embedding)):
             trunc_normal_(module.weight)
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
             module.reset_parameters()
-        elif is_layer_norm(module):
-            if getattr(module, "weight", None) is not None:
-                nn.init.ones_(module.weight)
-        elif callable(getattr(module, "init_weights", None)):
-            module.init_weights()
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
-            if isinstance(getattr(module, "bias", None), torch.Tensor):
-                nn.init.zeros_(module.bias)
+        elif is_layer_norm(module) and getattr(module, "weight", None) is not None:
+            nn.init.ones_(module.weight)
+        has_bias = isinstance(getattr(module, "bias", None), torch.Tensor)
+        if has_bias and (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module)):
+            nn.init.zeros_(module.bias)
 
 
 def _own_parameters(module: nn.Module, prefix: str) -> dict[str, nn.Parameter]:

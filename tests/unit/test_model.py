@@ -1,6 +1,7 @@
 """The whole model: dropped tokens, decoder, heads, precision, presets and the summary CLI."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -107,8 +108,13 @@ def test_initialisation_follows_the_reference(model):
     for name, p in model.named_parameters():
         if name.endswith(("qkv.weight", "fc2.weight")) or (name.startswith("proj.") and name.endswith("weight")):
             assert p.abs().max() <= 0.02 + 1e-7 and p.std() > 0.005, name
-        if name.endswith(".bias") and "norm" not in name:
+        if name.endswith(".bias") and "norm" not in name and ".pos_conv." not in name:
             assert (p == 0).all(), name
+        if ".pos_conv." in name and name.endswith(".bias"):  # PyTorch's default, as the official model
+            fan_in = model.adapters["audio"].pos_conv[0][0].weight[0].numel()
+            assert 0 < p.abs().max() <= fan_in**-0.5, name
+        if name.startswith("adapters.audio.feature_extractor.") and p.dim() == 3:  # He-normal (wav2vec 2.0)
+            assert 0.7 < p.std() / math.sqrt(2 / p[0].numel()) < 1.3, name
         if name.startswith("rel_bias.tables"):
             assert (p == 0).all()
         if name.endswith("gamma1"):
