@@ -25,8 +25,13 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)
 CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.pt"
 
 
-def _trunc_normal(t: torch.Tensor) -> None:
-    nn.init.trunc_normal_(t, std=0.02, a=-0.02, b=0.02)
+# Token, CLS, position and mask embeddings: the reference's std at every width (they have no fan-in).
+EMBED_INIT_STD = 0.02
+
+
+def _trunc_normal(t: torch.Tensor, std: float) -> None:
+    """The reference's truncated normal: cut at one standard deviation (``a=-std, b=std``)."""
+    nn.init.trunc_normal_(t, std=std, a=-std, b=std)
 
 
 class OnePeace(nn.Module):
@@ -55,9 +60,11 @@ class OnePeace(nn.Module):
     # ---------------------------------------------------------------------------------------------
 
     def reset_parameters(self, only: Collection[str] | None = None) -> None:
-        """Linear and embedding weights: truncated normal (std and cut-off 0.02); all biases 0; LayerNorm 1/0;
-        CLS, position and mask tokens like linear weights; relative tables 0; LayerScale at its init;
-        the logit scale at ln(1/0.07). ``only``: re-initialise just these parameter names."""
+        """Linear weights: truncated normal with std and cut-off ``config.init_std`` (the reference's 0.02;
+        larger in the tiny preset, see docs/learning.md); embedding, CLS, position and mask tokens: the
+        reference's truncated normal with std and cut-off 0.02 at every width; all biases 0; LayerNorm 1/0;
+        relative tables 0; LayerScale at its init; the logit scale at ln(1/0.07). ``only``: re-initialise
+        just these parameter names."""
 
         def wanted(name: str) -> bool:
             return only is None or name in only
@@ -65,8 +72,10 @@ class OnePeace(nn.Module):
         for prefix, module in self.named_modules():
             prefix = f"{prefix}." if prefix else ""
             weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-            if isinstance(module, (nn.Linear, nn.Embedding)) and wanted(prefix + "weight"):
-                _trunc_normal(weight)
+            if isinstance(module, nn.Linear) and wanted(prefix + "weight"):
+                _trunc_normal(weight, self.config.init_std)
+            elif isinstance(module, nn.Embedding) and wanted(prefix + "weight"):
+                _trunc_normal(weight, EMBED_INIT_STD)
             elif is_layer_norm(module) and weight is not None and wanted(prefix + "weight"):
                 nn.init.ones_(weight)
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
@@ -78,7 +87,7 @@ class OnePeace(nn.Module):
                 if not wanted(name):
                     continue
                 if leaf in ("cls_token", "pos_embed", "cls_pos") or name.startswith("decoder.mask_token"):
-                    _trunc_normal(param)
+                    _trunc_normal(param, EMBED_INIT_STD)
                 elif leaf in ("q_bias", "v_bias") or name.startswith("rel_bias.tables"):
                     param.zero_()
                 elif leaf in ("gamma1", "gamma2"):
