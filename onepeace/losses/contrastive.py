@@ -8,18 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import distributed
+
 if torch.distributed.is_available():
     # Imported here, not at first use: importing torch.distributed.nn after init_process_group made a
     # gloo rank abort at exit now and then ("terminate called without an active exception", torch 2.10).
     from torch.distributed.nn.functional import all_gather
 
 LOGIT_SCALE_MAX = math.log(100.0)
-
-
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _check_same_batch(batch: int, rank: int, world: int, device: torch.device) -> None:
@@ -49,7 +45,7 @@ def contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor, *, gather: bool 
     a, b = a.to(dtype), b.to(dtype)
     batch = a.shape[0]
     labels = torch.arange(batch, device=a.device)
-    rank, world = _world() if gather else (0, 1)
+    rank, world = (distributed.rank(), distributed.world_size()) if gather else (0, 1)
     if world > 1:
         _check_same_batch(batch, rank, world, a.device)
         all_a, all_b = torch.cat(all_gather(a)), torch.cat(all_gather(b))

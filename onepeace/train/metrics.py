@@ -8,7 +8,8 @@ from collections import defaultdict
 
 import torch
 
-from ..model.adapters import audio_frame_count
+from .. import distributed
+from ..geometry import audio_frame_count
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,8 @@ class TrainMetrics:
         """Reduce the window over ranks, write it, reset it; returns what was written."""
         keys = sorted(self.sums)
         values = torch.tensor([self.sums[k] for k in keys], dtype=torch.float64, device=self.device)
-        world = 1
-        if torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
+        world = distributed.world_size()
+        if world > 1:
             torch.distributed.all_reduce(values)
         sums = dict(zip(keys, values.tolist()))
         n = max(self.steps, 1)
