@@ -87,8 +87,10 @@ class BuildPlan:
         }
 
     def source(self) -> dict:
-        return {"manifest": self.manifest.path, "format": self.manifest.format, "root": self.root,
-                "num_splits": self.num_splits, "split_index": self.split_index}
+        source = {"manifest": self.manifest.path, "format": self.manifest.format, "root": self.root,
+                  "num_splits": self.num_splits, "split_index": self.split_index}
+        options = getattr(self.manifest, "options", None)  # a public layout's --audio-pattern / --columns
+        return {**source, "layout_options": options} if options else source
 
     def mine(self, row: int) -> bool:
         return row % self.num_splits == self.split_index

@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
 
@@ -37,6 +37,14 @@ class ConfigError(ValueError):
 class ModelConfig:
     """Every size and switch of a ONE-PEACE model. Presets live in :data:`MODEL_PRESETS`."""
 
+    # Keys that older files may hold: (the one value still accepted and dropped, or None; why).
+    RETIRED_KEYS: ClassVar[dict[str, tuple[Any, str]]] = {
+        "patch_size": (geometry.IMAGE_PATCH, "patch_size is no longer a setting: the hMLP stem has a fixed stride of 16"),
+        **{key: (None, (f"{key} was replaced by text_rel_buckets / audio_rel_buckets (the official ONE-PEACE "
+                        "bucketing, 514 and 1026 rows); a model saved with it has relative tables of another size"))
+           for key in ("text_rel_exact", "audio_rel_exact", "rel_log_buckets")},
+    }
+
     # Fusion encoder
     embed_dim: int = 768
     depth: int = 12
@@ -47,6 +55,9 @@ class ModelConfig:
     drop_path_rate: float = 0.0  # linearly from 0 at the first layer to this at the last
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    # Std (and cut-off) of the truncated-normal init of Linear weights. The reference's 0.02 suits widths
+    # of 768 and more; at width 64 it is ten times below a fan-in init and training stalls (docs/learning.md).
+    init_std: float = 0.02
 
     # Denoising decoder (pretraining only)
     decoder_dim: int = 768
@@ -59,9 +70,8 @@ class ModelConfig:
     pad_id: int = 0
     max_text_tokens: int = 71  # 70 tokens + EOS; the adapter prepends CLS
 
-    # Vision adapter (hMLP stem, total stride 16)
+    # Vision adapter (hMLP stem, total stride 16: 16x16-pixel patches)
     image_size: int = 256
-    patch_size: int = 16
 
     # Audio adapter (wav2vec2-style conv stack, 320 samples per frame at 16 kHz)
     sample_rate: int = 16000
@@ -94,7 +104,7 @@ class ModelConfig:
 
     @property
     def image_grid(self) -> int:
-        return geometry.image_grid(self.image_size, self.patch_size)
+        return geometry.image_grid(self.image_size)
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -106,7 +116,6 @@ class ModelConfig:
         need(self.decoder_dim % self.decoder_heads == 0,
              f"decoder_dim ({self.decoder_dim}) must be divisible by decoder_heads ({self.decoder_heads})")
         need(self.embed_dim % 4 == 0, f"embed_dim ({self.embed_dim}) must be divisible by 4 (hMLP stem)")
-        need(self.patch_size == 16, f"patch_size must be 16 (the hMLP stem has stride 16), got {self.patch_size}")
         need(self.image_size % 16 == 0 and self.image_size >= 16,
              f"image_size must be a positive multiple of 16, got {self.image_size}")
         need(len(self.modalities) > 0, "modalities must name at least one of text, image, audio")
@@ -121,6 +130,7 @@ class ModelConfig:
         need(self.attention_backend in ("auto", "math", "sdpa", "flex", "xformers"),
              f"attention_backend must be one of auto, math, sdpa, flex, xformers; got {self.attention_backend!r}")
         need(0 <= self.pad_id < self.vocab_size, f"pad_id ({self.pad_id}) must be a token id below vocab_size")
+        need(self.init_std > 0, f"init_std must be positive, got {self.init_std}")
         for name in ("text_rel_buckets", "audio_rel_buckets"):
             size = getattr(self, name)
             need(size % 2 == 0 and 4 <= size < self.rel_max_distance,
@@ -137,6 +147,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         decoder_dim=64, decoder_depth=2, decoder_heads=4, decoder_ffn_dim=128,
         vocab_size=1000, image_size=64, audio_conv_dim=32, audio_pos_conv_layers=2,
         audio_pos_conv_groups=4, max_audio_frames=250, layer_scale_init=0.1,
+        # Cut at one std like the reference, so the spread is about 0.54 x 0.25 = 64^-0.5, a fan-in init.
+        init_std=0.25,
     ),
     "base": dict(embed_dim=768, depth=12, num_heads=12, ffn_dim=3072, drop_path_rate=0.1),
     "large": dict(embed_dim=1024, depth=24, num_heads=16, ffn_dim=4096, drop_path_rate=0.2),
@@ -238,12 +250,23 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+def _drop_retired(cls: type, data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """Accept a retired key (``cls.RETIRED_KEYS``) only with the value it always had; name why otherwise."""
+    retired = getattr(cls, "RETIRED_KEYS", {})
+    for key in set(data) & set(retired):
+        accepted, why = retired[key]
+        if accepted is None or data[key] != accepted:
+            raise ConfigError(f"{path + '.' if path else ''}{key}: {why}")
+    return {k: v for k, v in data.items() if k not in retired}
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _drop_retired(cls, data, path)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{path}." if path else ""

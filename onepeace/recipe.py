@@ -13,6 +13,7 @@ at that preset, which is also the run's name (``runs/stage1_vl_large`` by defaul
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +26,8 @@ from .config import (MODEL_PRESETS, ConfigError, ModelConfig, apply_overrides, f
 from .data.config import DataConfig
 from .files import atomic_write
 from .train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 SECTIONS = ("model", "data", "train")
 PRESETS_KEY = "presets"
@@ -97,7 +100,21 @@ def _resolve(name_or_path: str) -> tuple[str, str | None]:
                       f"(shipped: {', '.join(shipped_recipes())})")
 
 
+def _renamed_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Recipes and run configs written before ``model.checkpoint_activations`` became the one switch said
+    ``train.activation_checkpointing``, which then overrode the model's field: it still does."""
+    train = data.get("train")
+    if not isinstance(train, dict) or "activation_checkpointing" not in train:
+        return data
+    data = copy.deepcopy(data)
+    value = data["train"].pop("activation_checkpointing")
+    log.warning("%s: train.activation_checkpointing is now model.checkpoint_activations", source or "recipe")
+    set_dotted(data, ["model", "checkpoint_activations"], value, source or "recipe")
+    return data
+
+
 def build_recipe(data: dict[str, Any], name: str = "recipe", source: str = "") -> Recipe:
+    data = _renamed_keys(data, source)
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{source or name}: unknown top-level key{'s' if len(unknown) > 1 else ''} "

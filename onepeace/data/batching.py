@@ -16,10 +16,31 @@ from onepeace.geometry import audio_frame_count
 _SCALE = torch.tensor([1 / (255.0 * s) for s in CLIP_STD]).view(1, 3, 1, 1)
 _SHIFT = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]).view(1, 3, 1, 1)
 
+# How the pair view masks its text, per pair task (the reference's two stages differ): image-text masks
+# single tokens, first among those the text-only view kept; audio-text masks whole words on their own.
+PAIR_TEXT_WHOLE_WORDS = {"image-text": False, "audio-text": True}
+
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, S, S] -> CLIP-normalised float32 (in place on the float copy: 3x faster than addcmul)."""
     return images.float().mul_(_SCALE).add_(_SHIFT)
+
+
+def pad_tokens(sequences: list[np.ndarray], pad_id: int) -> torch.Tensor:
+    """[N, T] int64: each sequence right-padded with ``pad_id`` to the longest."""
+    tokens = np.full((len(sequences), max(s.size for s in sequences)), pad_id, dtype=np.int64)
+    for i, ids in enumerate(sequences):
+        tokens[i, : ids.size] = ids
+    return torch.from_numpy(tokens)
+
+
+def collate_captions(samples: list[dict], pad_id: int) -> dict:
+    """All captions of all samples, flattened: ``caption_owner[c]`` is the batch row caption ``c`` belongs to."""
+    owner = [i for i, s in enumerate(samples) for _ in s["caption_tokens"]]
+    tokens = pad_tokens([t for s in samples for t in s["caption_tokens"]], pad_id)
+    return {"caption_tokens": tokens, "caption_padding_mask": tokens == pad_id,
+            "caption_owner": torch.tensor(owner, dtype=torch.long),
+            "captions": [c for s in samples for c in s["captions"]]}
 
 
 @dataclass(frozen=True)
@@ -29,6 +50,7 @@ class CollateSpec:
     word_start: np.ndarray  # per vocabulary id: does the piece start a word
     num_patches: int
     masks: MaskConfig
+    all_captions: bool = False  # evaluation of pairs: every caption of every sample (caption_* keys)
 
 
 def collate(samples: list[dict], spec: CollateSpec, rng: np.random.Generator) -> dict:
@@ -62,7 +84,8 @@ def collate(samples: list[dict], spec: CollateSpec, rng: np.random.Generator) ->
         for i, s in enumerate(samples):
             ids = s["tokens"]
             tokens[i, : ids.size] = ids
-            keep, pair_keep = text_keeps(spec.word_start[ids[:-1]], m.text, m.pair_text, rng)
+            keep, pair_keep = text_keeps(spec.word_start[ids[:-1]], m.text, m.pair_text, rng,
+                                         pair_whole_words=PAIR_TEXT_WHOLE_WORDS.get(kind, False))
             keeps.append(keep)
             pair_keeps.append(pair_keep)
         batch["text_tokens"] = torch.from_numpy(tokens)
@@ -70,6 +93,8 @@ def collate(samples: list[dict], spec: CollateSpec, rng: np.random.Generator) ->
         batch["text_keep"] = pad_keeps(keeps)
         if paired:
             batch["pair_text_keep"] = pad_keeps(pair_keeps)
+        if spec.all_captions:
+            batch.update(collate_captions(samples, spec.pad_id))
     batch["ids"] = [s["id"] for s in samples]
     if any(s.get("label") is not None for s in samples):
         batch["labels"] = [s.get("label") for s in samples]

@@ -7,7 +7,8 @@
 
 MODEL is an exported model directory (onepeace-export), a run directory (its newest complete
 checkpoint) or one checkpoint directory. Pair shards (image-text, audio-text) give retrieval in both
-directions; with --labels they also give classification of the image or audio. Several ranks split
+directions, with every caption of every item (COCO/Clotho rule: an item counts as found when any of
+its captions is retrieved); with --labels they also give classification of the image or audio. Several ranks split
 the set (each sample is embedded once) and rank 0 prints the result. Exit status 2: bad input.
 """
 
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="samples per forward pass per rank (default: 32)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank (default: 2)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights and activations (default: fp32)")
+    p.add_argument("--strict-captions", action="store_true",
+                   help="retrieval: count an identical caption of another item as a miss (by default a retrieved "
+                        "item or caption whose caption is identical to the true one counts as correct; either way "
+                        "the output says how many captions are shared)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", metavar="FILE", default=None, help="also write the JSON object to FILE")
     return p
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         result = evaluate_stream(model, job.stream, name=job.name, kind=job.kind, device=device,
-                                 tokenizer=job.tokenizer, classifier=job.classifier, prompt_batch_size=args.batch_size)
+                                 tokenizer=job.tokenizer, classifier=job.classifier, prompt_batch_size=args.batch_size,
+                                 same_caption_is_correct=not args.strict_captions)
     except BAD_INPUT as exc:
         return _fail(str(exc), dist)
     finally:

@@ -8,6 +8,7 @@ from torch import nn
 from ..config import MODALITIES, ModelConfig
 from ..ops.attention import compute_dtype, padding_only
 from .encoder import FusionEncoder
+from .init import trunc_normal_
 from .outputs import ModalityOutput
 from .position import num_positions
 
@@ -32,6 +33,10 @@ class DenoisingDecoder(nn.Module):
         self.blocks = FusionEncoder(dd, config.decoder_depth, config.decoder_heads, config.decoder_ffn_dim,
                                     self.modalities, eps=config.layer_norm_eps)
         self.out_proj = nn.ModuleDict({m: nn.Linear(dd, d) for m in self.modalities})
+
+    def init_weights(self) -> None:
+        for p in [*self.mask_token.values(), *self.pos_embed.values()]:
+            trunc_normal_(p)
 
     def forward(self, outputs: dict[str, ModalityOutput], backend: str) -> dict[str, torch.Tensor]:
         """``{modality: [B, 1 + n, D]}`` predictions at every position of the full sequences."""

@@ -166,6 +166,10 @@ class RelativePositionBias(nn.Module):
             index[start:end, start:end] = self._local_index_map(m) + table_offset[m]
         self.register_buffer("index_map", index, persistent=False)
 
+    def init_weights(self) -> None:
+        for table in self.tables.values():
+            nn.init.zeros_(table)
+
     def unshare(self) -> None:
         """Copy the shared tables into one table per layer (for fine-tuning); outputs do not change."""
         if not self.shared:

@@ -1,7 +1,7 @@
 """``python -m onepeace.train`` / ``onepeace-pretrain``: pretraining under deepspeed, torchrun or srun.
 
     deepspeed --num_gpus 8 --module onepeace.train --config stage1_vl_base \\
-        --deepspeed_config ds_configs/zero2_bf16.json --run-dir runs/vl-base --resume auto
+        --deepspeed_config zero2_bf16 --run-dir runs/vl-base --resume auto
     srun python -m onepeace.train --config my_recipe.yaml --set train.steps=1000 --run-dir runs/x
 """
 
@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.steps=500 --set model.preset=base (repeatable)")
     p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", default=None,
-                   help="DeepSpeed JSON (ds_configs/*.json); 'auto' values are filled from the recipe. "
+                   help="DeepSpeed JSON file, or a shipped config by name (zero2_bf16, ...: onepeace/ds_configs); "
+                        "'auto' values are filled from the recipe. "
                         "Default: ZeRO stage 1 with everything from the recipe")
     p.add_argument("--run-dir", default=None,
                    help="where config.yaml, log.txt, tensorboard/ and checkpoints/ go (default: runs/<recipe name>)")
@@ -133,13 +134,13 @@ def prepare(args: argparse.Namespace, where: dict | None = None
 
 
 def log_early_error(message: str, where: dict) -> None:
-    """Append an error found before logging starts to the run's log.txt (rank 0; when the run directory
-    is, or can be made, a directory), in the format of the log lines after it."""
+    """Append an error found before logging starts to the run's log.txt, in the format of the log lines
+    after it (rank 0, and only into an existing run directory: a relaunched run's log is where its
+    errors are looked for, and a mistyped command should not leave a new directory behind)."""
     run_dir = where.get("run_dir")
-    if where.get("rank", 0) != 0 or not run_dir:
+    if where.get("rank", 0) != 0 or not run_dir or not os.path.isdir(run_dir):
         return
     try:
-        os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "log.txt"), "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%H:%M:%S')} [rank 0] ERROR onepeace.train: {message}\n")
     except OSError:
@@ -185,7 +186,6 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
     model = OnePeace(recipe.model)
-    model.set_activation_checkpointing(recipe.train.activation_checkpointing)
     if recipe.train.init_from and resume is None:
         warm_start(model, recipe.train.init_from, recipe.train.init_exclude, recipe.train.reset)
     trainable, frozen = freeze_all_but(model, recipe.train.trainable)

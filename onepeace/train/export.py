@@ -1,25 +1,26 @@
-"""``onepeace-export RUN_OR_CHECKPOINT OUT_DIR``: consolidated weights (from ZeRO shards) + model config.
+"""``onepeace-export SOURCE OUT_DIR``: consolidated weights (from ZeRO shards) + model config + tokenizer.
 
-The result loads with ``OnePeace.from_pretrained(OUT_DIR)`` (``weights_only`` loading) and carries the
-run's tokenizer, so ``onepeace-eval`` and ``encode_text`` need nothing else.
+SOURCE is a run, one of its checkpoints, or an export in the older ``config.yaml`` + ``model.pt`` layout
+(which this converts). OUT_DIR holds ``model.safetensors``, ``config.json`` and ``tokenizer/`` (see
+``onepeace/model/hub.py``); it loads with ``OnePeace.from_pretrained(OUT_DIR)`` and carries the run's
+tokenizer, so ``onepeace-eval`` and ``encode_text`` need nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import sys
 
 import torch
 
 from ..config import ConfigError
-from ..model.hub import WEIGHTS_FILE
+from ..data.tokenizer import TokenizerError, copy_tokenizer
+from ..model.hub import CONFIG_FILE, WEIGHTS_FILE
 from ..runs import CHECKPOINTS, TAG_RE, load_model, step_dirs
 
-TOKENIZER_DIR = "tokenizer"
+TOKENIZER_DIR, TOKENIZER_SIDECAR = "tokenizer", "tokenizer.json"
 
 
 def check_out_dir(out_dir: str, force: bool) -> None:
@@ -35,7 +36,7 @@ def check_out_dir(out_dir: str, force: bool) -> None:
         raise ConfigError(f"{out_dir} is a training run or checkpoint directory: exporting into it would replace "
                           "its files (config.yaml is the run's recipe); pick a new directory")
     if not force:
-        raise ConfigError(f"{out_dir} is not empty: pass --force to write config.yaml, {WEIGHTS_FILE} and "
+        raise ConfigError(f"{out_dir} is not empty: pass --force to write {CONFIG_FILE}, {WEIGHTS_FILE} and "
                           f"{TOKENIZER_DIR}/ into it anyway, or pick a new directory")
 
 
@@ -53,24 +54,17 @@ def export(source: str, out_dir: str, dtype: str = "fp32", force: bool = False) 
 
 
 def _copy_tokenizer(sidecar: str, out_dir: str) -> str:
-    """Copy the tokenizer's sidecar and model file next to the weights; returns the sidecar's path there."""
-    with open(sidecar, encoding="utf-8") as f:
-        meta = json.load(f)
-    target = os.path.join(out_dir, TOKENIZER_DIR)
-    os.makedirs(target, exist_ok=True)
-    model_file = os.path.join(os.path.dirname(os.path.abspath(sidecar)), meta["model_file"])
-    shutil.copy2(model_file, os.path.join(target, os.path.basename(model_file)))
-    meta["model_file"] = os.path.basename(model_file)
-    with open(os.path.join(target, "tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-    return os.path.join(TOKENIZER_DIR, "tokenizer.json")
+    """Copy the tokenizer's sidecar and files next to the weights; returns the sidecar's path relative to them."""
+    copy_tokenizer(sidecar, os.path.join(out_dir, TOKENIZER_DIR), TOKENIZER_SIDECAR)
+    return os.path.join(TOKENIZER_DIR, TOKENIZER_SIDECAR)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="onepeace-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="a run directory (newest complete checkpoint), or one checkpoint directory")
-    p.add_argument("out_dir", help="where config.yaml, model.pt and tokenizer/ are written")
+    p.add_argument("source", help="a run directory (newest complete checkpoint), one checkpoint directory, or an "
+                                  "export in the older config.yaml + model.pt layout")
+    p.add_argument("out_dir", help="where model.safetensors, config.json and tokenizer/ are written")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the saved weights")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty OUT_DIR (never into a run or checkpoint directory)")
@@ -78,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # fallback notices
     try:
         used = export(args.source, args.out_dir, args.dtype, args.force)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, TokenizerError) as exc:
         print(f"onepeace-export: error: {exc}", file=sys.stderr)
         return 2
     print(f"exported {used} -> {os.path.abspath(args.out_dir)}")

@@ -37,6 +37,7 @@ def fails(argv: list[str], capsys, run_dir, *words: str) -> str:
 
 def test_missing_tokenizer_shards_and_shard_files(tmp_path, capsys, corpus):  # noqa: F811
     run = tmp_path / "run"
+    run.mkdir()  # a run being relaunched: its log.txt gets the error too
     err = fails(["--config", recipe(tmp_path, corpus["image-text"], str(tmp_path / "nope.json"))], capsys, run,
                 "nope.json", "no such tokenizer")
     assert err.split("error: ", 1)[1] in (run / "log.txt").read_text()  # the same line in log.txt
@@ -57,11 +58,16 @@ def test_missing_tokenizer_shards_and_shard_files(tmp_path, capsys, corpus):  # 
 
 def test_ds_config_recipe_and_run_dir_that_are_the_wrong_thing(tmp_path, capsys):
     good = recipe(tmp_path, str(tmp_path / "unused"))
+    (tmp_path / "run").mkdir()
     (tmp_path / "list.json").write_text("[1, 2]")
     fails(["--config", good, "--deepspeed_config", str(tmp_path / "list.json")], capsys, tmp_path / "run",
           "list.json", "must be a JSON object")
     assert "must be a JSON object" in (tmp_path / "run" / "log.txt").read_text()
     fails(["--config", str(tmp_path)], capsys, tmp_path / "run", str(tmp_path), "is a directory")
+    assert main(["--config", good, "--deepspeed_config", str(tmp_path / "list.json"), "--run-dir",
+                 str(tmp_path / "new")]) == 2
+    assert not (tmp_path / "new").exists()  # a mistyped command leaves no run directory behind
+    capsys.readouterr()
     (tmp_path / "afile").write_text("x")
     fails(["--config", good], capsys, tmp_path / "afile", "afile", "is a file")
     fails(["--config", good], capsys, tmp_path / "afile" / "run", "afile", "is a file")

@@ -4,18 +4,22 @@ checkpoint selection, warm start and freezing, parameter groups, the step object
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
 
 from onepeace.config import ConfigError, model_config
+from onepeace.losses import denoising_loss, target_positions
 from onepeace.model import OnePeace
+from onepeace.model.adapters import audio_frame_count
 from onepeace.recipe import build_recipe, load_recipe, shipped_recipes
 from onepeace import runs
 from onepeace.train import checkpoint
 from onepeace.train.config import LossWeights, TrainConfig
 from onepeace.distributed import detect, first_host
-from onepeace.train.engine import DEFAULT_DS_CONFIG, param_groups, resolve_ds_config
+from onepeace.train.engine import (DEFAULT_DS_CONFIG, ds_config_path, load_ds_config, param_groups,
+                                   resolve_ds_config, shipped_ds_configs)
 from onepeace.train.objective import PretrainObjective
 from onepeace.train.schedule import cosine_factor
 from onepeace.runs import freeze_all_but, warm_start
@@ -54,17 +58,50 @@ def test_contradictions_are_errors(ds, message):
         resolve(ds, precision="fp32")
 
 
+def test_ds_configs_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = ds_config_path("zero2_bf16")
+    assert os.path.isfile(shipped) and shipped.endswith(os.path.join("onepeace", "ds_configs", "zero2_bf16.json"))
+    assert ds_config_path("zero2_bf16.json") == ds_config_path("ds_configs/zero2_bf16.json") == shipped
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs" / "zero2_bf16.json").write_text("{}")  # a file of that name wins
+    assert ds_config_path("ds_configs/zero2_bf16.json") == "ds_configs/zero2_bf16.json"
+    with pytest.raises(ConfigError, match="not found: zero9 .*shipped config: cpu, "):
+        ds_config_path("zero9")
+    with pytest.raises(ConfigError, match="not found: elsewhere/cpu.json"):
+        ds_config_path("elsewhere/cpu.json")
+
+
+def test_cli_refuses_bad_input_before_anything_starts(tmp_path, capsys, monkeypatch):
+    """In-process: these errors come before any process group, so no launcher is needed."""
+    from onepeace.train.cli import main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {preset: tiny}\ndata:\n  train:\n    image-text: {sources: [{shards: nowhere}]}\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"gradient_clipping": 1.0, "zero_optimization": {"stage": 2}}))
+    assert main(["--config", str(recipe), "--deepspeed_config", str(bad), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "gradient_clipping is 1.0 but the recipe gives 3.0 (train.grad_clip)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(["--config", str(recipe), "--set", "train.stpes=3"]) == 2
+    assert "unknown key train.stpes" in capsys.readouterr().err
+    assert main(["--config", "stage1_vl_huge"]) == 2
+    assert "neither a file nor a shipped recipe (shipped: demo, stage1_vl, stage1_vl_tiny" in capsys.readouterr().err
+    assert main(["--config", str(recipe), "--deepspeed_config", "zero9"]) == 2
+    assert "DeepSpeed config not found: zero9" in capsys.readouterr().err
+
+
 def test_fp16_is_refused_on_cpu():
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve(DEFAULT_DS_CONFIG, precision="fp16")
 
 
 def test_shipped_ds_configs_resolve_with_matching_recipes():
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "ds_configs")
-    for name in sorted(os.listdir(root)):
-        if not name.endswith(".json"):
-            continue
-        ds = json.load(open(os.path.join(root, name)))
+    assert {"cpu", "zero2_bf16", "zero3_offload"} <= set(shipped_ds_configs())
+    for name in shipped_ds_configs():
+        ds, _ = load_ds_config(name)
         precision = "fp16" if "fp16" in name else "bf16"
         out = resolve_ds_config(ds, TrainConfig(precision=precision), micro_batch=4, world_size=8,
                                 device_type="cuda", source=name)
@@ -106,7 +143,9 @@ def test_detect_slurm_maps_variables_and_falls_back_to_localhost():
     d = detect(env)
     assert (d.rank, d.world_size, d.local_rank, d.launcher) == (3, 4, 1, "slurm")
     assert d.master_addr == "127.0.0.1"  # nosuchnode7 does not resolve
-    assert d.master_port == 20000 + 123456 % 20000
+    # Every rank of a job derives the same port without talking to the others; MASTER_PORT overrides it.
+    assert detect({**env, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}).master_port == d.master_port
+    assert 1024 < d.master_port < 65536 and detect({**env, "MASTER_PORT": "4321"}).master_port == 4321
     assert detect({**env, "SLURM_STEP_NODELIST": "localhost"}).master_addr == "localhost"
 
 
@@ -204,13 +243,44 @@ def test_stage2_warm_start_and_freezing(tmp_path):
     assert stage2.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     trainable, frozen = freeze_all_but(stage2, recipe.train.trainable)
     names = {n for n, p in stage2.named_parameters() if p.requires_grad}
-    assert all(n.startswith(("adapters.audio.", "decoder.", "encoder.final_norm.audio.", "proj.audio."))
-               or ".ffn.audio." in n for n in names)
-    assert "encoder.layers.0.ffn.audio.wi.weight" in names and "adapters.text.token_embed.weight" not in names
-    assert "encoder.layers.0.attn.qkv.weight" not in names and "logit_scale" not in names
     groups = param_groups(stage2, 0.05)
     assert sum(len(g["params"]) for g in groups) == len(names)  # frozen parameters are not optimised
     assert trainable + frozen == sum(p.numel() for p in stage2.parameters())
+
+
+def reference_stage2_trainable(name: str) -> bool:
+    """The reference's stage 2, in this model's names: the encoder (adapters, shared layers, per-modality
+    FFNs and norms, bias tables) and the text projection are frozen; then the audio adapter (which holds
+    the audio relative position bias table), the audio final norm and every layer's audio FFN train
+    again. Everything outside the encoder trains: the audio projection, the logit scale and the whole
+    decoder (its input and output projections, mask tokens, positions, layers)."""
+    audio_adapter = name.startswith("adapters.audio.") or name == "rel_bias.tables.audio"
+    audio_ffn = re.fullmatch(r"encoder\.layers\.\d+\.ffn\.audio\..+", name) is not None
+    return (audio_adapter or audio_ffn or name.startswith(("encoder.final_norm.audio.", "proj.audio.", "decoder."))
+            or name == "logit_scale")
+
+
+def test_stage2_trains_exactly_what_the_reference_trains():
+    recipes = {n: load_recipe(n).train for n in shipped_recipes() if n.startswith("stage2")}
+    assert recipes
+    tiny = next(iter(recipes.values()))
+    for name, train in recipes.items():  # every size trains the same parts
+        assert (train.trainable, train.reset, train.init_exclude) == (tiny.trainable, tiny.reset, tiny.init_exclude), \
+            name
+    model = OnePeace(model_config("tiny", modalities=["text", "audio"]))
+    freeze_all_but(model, tiny.trainable)
+    names = [n for n, _ in model.named_parameters()]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(filter(reference_stage2_trainable, names))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"rel_bias.tables.audio", "logit_scale", "decoder.mask_token.audio", "decoder.mask_token.text",
+            "adapters.audio.pos_conv.0.0.weight", "encoder.layers.1.ffn.audio.wi.weight"} <= trained
+    assert not {"rel_bias.tables.text", "adapters.text.token_embed.weight", "encoder.layers.0.attn.qkv.weight",
+                "encoder.layers.0.gamma1", "encoder.layers.0.ffn.text.wi.weight", "encoder.final_norm.text.weight",
+                "proj.text.weight"} & trained
+    model.unshare_rel_bias()  # per-layer tables keep their names, so the same patterns still hold
+    freeze_all_but(model, tiny.trainable)
+    assert model.rel_bias.tables["audio"].requires_grad and not model.rel_bias.tables["text"].requires_grad
+    assert tiny.reset == ["logit_scale"] and tiny.init_exclude == ["*audio*"]
 
 
 def test_warm_start_refuses_missing_parameters(tmp_path):
@@ -228,6 +298,23 @@ def test_no_weight_decay_on_vectors_positions_and_tokens():
             "decoder.mask_token.image", "encoder.layers.0.attn.q_bias"} <= no_decay_names
     assert "encoder.layers.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    # The engine's module is the objective (names start with "model."): the same split.
+    wrapped = param_groups(PretrainObjective(model, {"pairs": "image-text"}, LossWeights()), 0.05)
+    assert [[id(p) for p in g["params"]] for g in wrapped] == [[id(p) for p in g["params"]] for g in (decay, no_decay)]
+
+
+def test_one_table_names_components_and_weight_decay():
+    from onepeace.model.accounting import parameter_groups
+    from onepeace.model.parameters import classify
+
+    assert classify("adapters.image.pos_embed") == ("image adapter", False)
+    assert classify("encoder.layers.3.ffn.audio.wi.weight") == ("audio FFNs", True)
+    assert classify("encoder.layers.3.attn.qkv.weight") == ("shared attention", True)
+    assert classify("decoder.mask_token.text") == ("decoder", False)
+    with pytest.raises(KeyError, match="encoder.extra.weight belongs to no component: add a rule"):
+        classify("encoder.extra.weight")
+    model = OnePeace(model_config("tiny"))
+    assert sum(parameter_groups(model).values()) == sum(p.numel() for p in model.parameters())
 
 
 # ---- the step objective -----------------------------------------------------------------------------------
@@ -257,6 +344,69 @@ def test_stage1_terms_and_weights():
     assert model.logit_scale.grad is not None and model.decoder.mask_token["image"].grad.abs().sum() > 0
 
 
+def audio_text_batch(B=3, seconds=1):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(3, 1000, (B, 6), generator=g)
+    tokens[1, 3:] = 0
+    frames = audio_frame_count(16000 * seconds)
+
+    def keep(ratio):
+        return torch.stack([torch.randperm(frames, generator=g)[: int(frames * (1 - ratio))].sort().values
+                            for _ in range(B)])
+
+    audio = torch.randn(B, 16000 * seconds, generator=g)
+    return {"audio": audio, "audio_padding_mask": torch.zeros(audio.shape, dtype=torch.bool), "text_tokens": tokens,
+            "text_padding_mask": tokens == 0, "text_keep": torch.tensor([[0, 1, 3], [0, 2, -1], [1, 3, 5]]),
+            "audio_keep": keep(0.55), "pair_text_keep": torch.tensor([[2, -1], [1, -1], [0, 5]]),
+            "pair_audio_keep": keep(0.45)}
+
+
+@pytest.mark.parametrize("kind, other, target_view", [("audio-text", "audio", "pair"), ("image-text", "image", "alone")])
+def test_single_view_dcl_target_stage2_from_the_unmasked_pair_stage1_from_the_modality_alone(kind, other,
+                                                                                              target_view):
+    """Stage 2's audio-only DCL target is the audio part of the unmasked audio-text pair forward; stage 1's
+    image-only target is the image-only forward. Recomputed by hand from the model's public calls."""
+    model = OnePeace(model_config("tiny", modalities=["text", other])).eval()  # eval: no drop path on either side
+    with torch.no_grad():  # full-strength attention, so the text visibly moves the other modality's tokens
+        for name, p in model.named_parameters():
+            if ".gamma" in name:
+                p.fill_(1.0)  # (LayerScale 1e-6 would make the pair and lone outputs all but equal)
+            if name.startswith("encoder.") and ("attn.qkv." in name or "attn.out_proj.weight" in name):
+                p.mul_(50.0)
+    batch = audio_text_batch() if other == "audio" else image_text_batch()
+    objective = PretrainObjective(model, {"pairs": kind}, LossWeights())
+    calls = []
+    forward_encoder = model.forward_encoder
+
+    def counting_forward_encoder(**kw):
+        calls.append((tuple(sorted(kw["adapted"])), tuple(k for k in kw if k.endswith("_keep"))))
+        return forward_encoder(**kw)
+
+    model.forward_encoder = counting_forward_encoder
+    with torch.no_grad():
+        _, terms = objective({"pairs": batch})
+    del model.forward_encoder
+    assert calls.count(((other, "text"), ())) == 1  # one unmasked pair forward serves every term that reads it
+
+    raw = {"audio": {"audio": batch.get("audio"), "audio_padding_mask": batch.get("audio_padding_mask")},
+           "image": {"image": batch.get("images")}}[other]
+    with torch.no_grad():
+        pair = model.forward_encoder(text=batch["text_tokens"], text_padding_mask=batch["text_padding_mask"], **raw)
+        alone = model.forward_encoder(**raw)
+        masked = model.forward_encoder(**raw, **{f"{other}_keep": batch[f"{other}_keep"]})[other]
+        pred = model.decode({other: masked})[other]
+    valid = target_positions(masked.full_padding_mask, pred.shape[0], pred.shape[1], pred.device)
+
+    def dcl(target):
+        return denoising_loss(pred, target.tokens, masked.masked_positions(), valid)
+
+    by_hand = {"pair": dcl(pair[other]), "alone": dcl(alone[other])}
+    # Random predictions make the loss only mildly sensitive to its target: the two candidates differ by
+    # ~1e-3 or more, far beyond the float noise of recomputing the same one (~1e-6).
+    assert (by_hand["pair"] - by_hand["alone"]).abs() > 1e-4
+    torch.testing.assert_close(terms[f"pairs/dcl_{other}"], by_hand[target_view], rtol=0, atol=1e-5)
+
+
 def test_zero_weights_skip_their_terms():
     model = OnePeace(model_config("tiny", modalities=["text", "image"]))
     weights = LossWeights(itc=0.0, dcl_text=0.0, dcl_pair_text=0.0, dcl_pair_image=0.0)
@@ -277,14 +427,14 @@ def test_a_stage_recipe_takes_the_size_dependent_values_from_its_preset_row():
     large = load_recipe("stage1_vl", ["model.preset=large"])
     assert (large.name, large.model.embed_dim, large.model.depth) == ("stage1_vl_large", 1024, 24)
     assert (large.data.train["image-text"].batch_size, large.data.eval["image-text"].batch_size) == (32, 32)
-    assert (large.data.num_workers, large.train.activation_checkpointing, large.train.lr) == (6, False, 5e-4)
+    assert (large.data.num_workers, large.model.checkpoint_activations, large.train.lr) == (6, False, 5e-4)
     big = load_recipe("stage2_al_4b")  # the old name: the stage recipe at that preset
     assert big.to_dict() == load_recipe("stage2_al", ["model.preset=onepeace-4b"]).to_dict()
     assert (big.name, big.model.embed_dim, big.data.train["audio-text"].batch_size) == ("stage2_al_4b", 1536, 16)
-    assert big.train.activation_checkpointing and big.train.init_from == "runs/stage1_vl_4b"
+    assert big.model.checkpoint_activations and big.train.init_from == "runs/stage1_vl_4b"
     assert load_recipe("stage2_al").train.init_from == "runs/stage1_vl_base"  # the file's own preset: base
-    tiny = load_recipe("stage1_vl_tiny", ["data.train.image-text.batch_size=3", "train.activation_checkpointing=true"])
-    assert tiny.data.train["image-text"].batch_size == 3 and tiny.train.activation_checkpointing  # --set wins
+    tiny = load_recipe("stage1_vl_tiny", ["data.train.image-text.batch_size=3", "model.checkpoint_activations=true"])
+    assert tiny.data.train["image-text"].batch_size == 3 and tiny.model.checkpoint_activations  # --set wins
     assert load_recipe("stage1_vl_tiny", ["model.preset=base"]).data.train["image-text"].batch_size == 64
 
 
@@ -300,6 +450,14 @@ def test_preset_rows_must_fit(tmp_path):
     path.write_text("model: {preset: tiny}\ndata: {num_workers: 2}\npresets:\n  tiny: {data.num_workers.x: 1}\n")
     with pytest.raises(ConfigError, match=r"presets.tiny.data.num_workers.x: 'num_workers' is not a mapping"):
         load_recipe(str(path))
+
+
+def test_one_switch_for_activation_checkpointing():
+    assert "activation_checkpointing" not in TrainConfig.__dataclass_fields__
+    # A run config written when the train section held the switch (and overrode the model's) still loads.
+    old = build_recipe({"model": {"preset": "tiny", "checkpoint_activations": False},
+                        "train": {"activation_checkpointing": True}})
+    assert old.model.checkpoint_activations and OnePeace(old.model).encoder.checkpoint_activations
 
 
 def test_recipe_errors_name_the_key(tmp_path):
