@@ -180,10 +180,11 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
 
 def consolidate(checkpoint: str) -> dict[str, torch.Tensor]:
     """One checkpoint directory's ZeRO partitions as full fp32 weights, every file loaded weights-only."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     ckpt_dir, tag = os.path.split(os.path.abspath(checkpoint))
-    with contextlib.redirect_stdout(sys.stderr), weights_only_loading():  # DeepSpeed prints; stdout is for results
+    # DeepSpeed prints, and its logger writes to the stdout of when it is first imported: stdout is for results.
+    with contextlib.redirect_stdout(sys.stderr), weights_only_loading():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
         try:
             state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
         except CheckpointFileError:

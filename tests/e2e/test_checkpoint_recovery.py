@@ -69,6 +69,7 @@ def test_export_and_eval_fall_back_and_an_explicit_damaged_checkpoint_is_one_lin
     out = run([str(BIN / "onepeace-eval"), str(run_dir), "--data", str(trained["val"]), "--json",
                "--num-workers", "0"])
     assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("{"), out.stdout[:3000]  # stdout holds the JSON result alone
     assert f"{shard} is" in out.stderr and json.loads(out.stdout)["model"].endswith("step00000002")
 
     out = run([str(BIN / "onepeace-export"), str(newest), str(tmp_path / "export2")])
