@@ -102,10 +102,12 @@ def load_weights(path: str) -> dict[str, torch.Tensor]:
     """Full-precision weights from an exported model directory, a run, or a ZeRO checkpoint."""
     if is_export(path):
         return load_export_state(path)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
     ckpt_dir, tag = find_checkpoint(path)
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's consolidation prints; stdout is for results
+    # DeepSpeed prints on import (its logger binds sys.stdout then) and while consolidating; stdout is for
+    # results (onepeace-eval --json), so both happen with stdout sent to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
         state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
     return {k[len(ENGINE_PREFIX):] if k.startswith(ENGINE_PREFIX) else k: v for k, v in state.items()}
 
