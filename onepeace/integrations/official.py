@@ -39,7 +39,9 @@ import torch
 from torch import nn
 
 from ..config import MODALITIES, ConfigError, ModelConfig
-from ..data.tokenizer import Tokenizer, TokenizerError, install_gpt2_bpe
+from ..data.gpt2_bpe import FILES as BPE_FILES
+from ..data.gpt2_bpe import read_dict
+from ..data.tokenizer import TokenizerError, install_gpt2_bpe
 from ..model import OnePeace
 from ..model.adapters import AUDIO_CONV_LAYERS
 from ..train.export import TOKENIZER_DIR, TOKENIZER_SIDECAR
@@ -385,13 +387,16 @@ def convert(checkpoint: str, out_dir: str, bpe_dir: str | None = None, dtype: st
     result.placeholders = placeholders
     extra: dict = {"source": {"official": os.path.abspath(checkpoint),
                               "fresh": summarise(result.fresh, result.model), "ignored": result.ignored}}
-    if bpe_dir:
-        sidecar = install_gpt2_bpe(bpe_dir, os.path.join(out_dir, TOKENIZER_DIR), max_tokens=70,
-                                   name=TOKENIZER_SIDECAR)
-        vocab = Tokenizer(sidecar).vocab_size
+    if bpe_dir:  # checked before anything is written
+        dict_file = os.path.join(bpe_dir, BPE_FILES["dict_file"])
+        if not os.path.isfile(dict_file):
+            raise TokenizerError(f"{bpe_dir}: no {BPE_FILES['dict_file']} (--bpe-dir is the folder with the official "
+                                 f"{', '.join(BPE_FILES.values())})")
+        vocab = len(read_dict(dict_file))
         if "text" in result.model.config.modalities and vocab > result.model.config.vocab_size:
             raise ConversionError(f"{bpe_dir}/dict.txt gives {vocab} token ids, more than the checkpoint's "
                                   f"{result.model.config.vocab_size} text embeddings: not this model's dictionary")
+        install_gpt2_bpe(bpe_dir, os.path.join(out_dir, TOKENIZER_DIR), max_tokens=70, name=TOKENIZER_SIDECAR)
         extra["tokenizer"] = os.path.join(TOKENIZER_DIR, TOKENIZER_SIDECAR)
     result.model.save_pretrained(out_dir, extra=extra, dtype={"fp32": None, "bf16": torch.bfloat16}[dtype])
     return result

@@ -278,6 +278,14 @@ def test_unknown_and_missing_keys_are_refused_by_name(official, tmp_path, capsys
     torch.save({"model": extra}, tmp_path / "bad.pt")
     assert main([str(tmp_path / "bad.pt"), str(tmp_path / "out")]) == 2
     assert "self_attn.c_attn" in capsys.readouterr().err
+    # A dictionary larger than the checkpoint's text embeddings is another model's: refused before writing.
+    torch.save({"model": official}, tmp_path / "good.pt")
+    write_gpt2_bpe(str(tmp_path / "bpe"), [])
+    assert main([str(tmp_path / "good.pt"), str(tmp_path / "out"), "--bpe-dir", str(tmp_path / "bpe")]) == 2
+    assert f"more than the checkpoint's {VOCAB} text embeddings" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main([str(tmp_path / "good.pt"), str(tmp_path / "out"), "--bpe-dir", str(tmp_path)]) == 2
+    assert "no dict.txt" in capsys.readouterr().err
 
 
 def test_reads_fairseq_objects_as_placeholders_and_refuses_others(tmp_path, monkeypatch):
