@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from data_fixtures import make_image_text, write_gpt2_bpe
-from official_layout import MODS, OfficialSize, official_checkpoint
+from official_layout import MODS, OfficialSize, official_checkpoint, official_shapes
 
 from onepeace.data.tokenizer import Tokenizer
 from onepeace.eval.cli import main as eval_main
@@ -278,6 +278,14 @@ def test_unknown_and_missing_keys_are_refused_by_name(official, tmp_path, capsys
     torch.save({"model": extra}, tmp_path / "bad.pt")
     assert main([str(tmp_path / "bad.pt"), str(tmp_path / "out")]) == 2
     assert "self_attn.c_attn" in capsys.readouterr().err
+    # A dictionary larger than the checkpoint's text embeddings is another model's: refused before writing.
+    torch.save({"model": official}, tmp_path / "good.pt")
+    write_gpt2_bpe(str(tmp_path / "bpe"), [])
+    assert main([str(tmp_path / "good.pt"), str(tmp_path / "out"), "--bpe-dir", str(tmp_path / "bpe")]) == 2
+    assert f"more than the checkpoint's {VOCAB} text embeddings" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main([str(tmp_path / "good.pt"), str(tmp_path / "out"), "--bpe-dir", str(tmp_path)]) == 2
+    assert "no dict.txt" in capsys.readouterr().err
 
 
 def test_reads_fairseq_objects_as_placeholders_and_refuses_others(tmp_path, monkeypatch):
@@ -316,3 +324,25 @@ def test_one_table_per_layer_gives_unshared_reversed_tables(official):
         for n in range(L):
             theirs = per_layer[f"encoder_wrapper.{m}_adapter.rel_pos_table_list.{n}.weight"]
             assert torch.equal(ours[n], torch.cat([theirs[:-3].flip(0), theirs[-3:]]))
+
+
+def test_the_released_size_maps_onto_the_onepeace_4b_preset():
+    """Shapes only (meta tensors): the official 4B layout infers the onepeace-4b preset's sizes."""
+    from onepeace.config import model_config
+    from onepeace.integrations.official import infer_config, mapping
+
+    released = OfficialSize(d=1536, heads=24, layers=40, ffn=6144, vocab=50264, text_buckets=256, audio_buckets=512,
+                            grid=16, conv=512, pos_convs=5, pos_kernel=19, pos_groups=16, dec_d=768, dec_layers=2,
+                            dec_ffn=2048)
+    sd = {k: torch.empty(shape, device="meta") for k, shape in official_shapes(released).items()}
+    config = infer_config(sd)
+    preset = model_config("onepeace-4b")
+    fields = ("embed_dim", "depth", "num_heads", "ffn_dim", "image_size", "audio_conv_dim", "audio_pos_conv_layers",
+              "audio_pos_conv_kernel", "audio_pos_conv_groups", "text_rel_buckets", "audio_rel_buckets",
+              "rel_max_distance", "decoder_dim", "decoder_depth", "decoder_heads", "decoder_ffn_dim", "max_text_tokens",
+              "max_audio_frames")
+    assert {f: getattr(config, f) for f in fields} == {f: getattr(preset, f) for f in fields}
+    with torch.device("meta"):
+        own = OnePeace(config).state_dict()
+    for ours, (names, combine) in mapping(config).items():
+        assert combine(*[sd[n] for n in names]).shape == own[ours].shape, ours
