@@ -118,6 +118,17 @@ def _all_but_embed_scaled(model: OnePeace) -> None:
     _proj_scaled(model)
 
 
+def _embeddings_at(std: float) -> Callable[[OnePeace], None]:
+    """Token, CLS and position embeddings with our truncated normal at ``std`` too."""
+    def patch(model: OnePeace) -> None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("token_embed.weight", "cls_token", "pos_embed", "cls_pos")) \
+                        and not name.startswith("decoder"):
+                    nn.init.trunc_normal_(p, std=std, a=-std, b=std)
+    return patch
+
+
 def _proj_no_bias(model: OnePeace) -> None:
     for m in model.proj.values():
         m.bias.requires_grad_(False)
@@ -147,6 +158,7 @@ VARIANTS: dict[str, Variant] = {
     "fusion_scaled_init": Variant("fusion layer matrices as open_clip, the rest as ours", patch=_fusion_scaled),
     "init_std_0.07": Variant("Linear init std 0.07 (0.02 sqrt(768/64))", {"init_std": 0.07}),
     "init_std_0.125": Variant("Linear init std 0.125 (64^-0.5)", {"init_std": 0.125}),
+    "init_std_0.125_all": Variant("Linear and embeddings std 0.125", {"init_std": 0.125}, patch=_embeddings_at(0.125)),
     "eos_pool": Variant("text embedding from the EOS output (open_clip's argmax pooling)", pool="eos"),
     "mean_pool": Variant("text embedding from the mean of the token outputs", pool="mean"),
     "plain_logit_scale": Variant("logit scale used as is (no clamp)", logit_scale="plain"),

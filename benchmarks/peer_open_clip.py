@@ -103,7 +103,7 @@ class OpenClip:
             self.model.logit_scale.clamp_(0, math.log(100))
 
     def logit_scale(self) -> float:
-        return math.exp(float(self.model.logit_scale))
+        return math.exp(float(self.model.logit_scale.detach()))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor, text: torch.Tensor, padding: torch.Tensor):  # noqa: ARG002
