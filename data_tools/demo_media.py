@@ -1,4 +1,4 @@
-"""Procedural demo media with captions that describe them: learnable, varied, and made on the spot.
+"""The ``shapes`` demo family: procedural media with captions that describe them: learnable, varied, and made on the spot.
 
 Every attribute a caption names is visible (or audible) in the sample, so a small model can learn
 the alignment; the attributes combine into thousands of distinct captions, so held-out captions are
@@ -14,6 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+DESCRIPTION = "filled shapes in colours on plain backgrounds; tones, chirps, pulses, noises and warbles"
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (240, 220, 30),
@@ -25,8 +26,10 @@ CLASHES = {("black", "dark"), ("white", "beige"), ("yellow", "beige"), ("white",
 POSITIONS = {"top left": (0.28, 0.28), "top right": (0.72, 0.28), "bottom left": (0.28, 0.72),
              "bottom right": (0.72, 0.72), "centre": (0.5, 0.5)}
 NUMBERS = {1: "one", 2: "two", 3: "three"}
+IMAGE_LABELS = SHAPES
 
 SOUNDS = ("tone", "chirp", "pulses", "noise", "warble")
+AUDIO_LABELS = SOUNDS
 PITCHES = {"low": (140.0, 280.0), "medium": (450.0, 900.0), "high": (1500.0, 3000.0)}
 ENVELOPES = ("at a steady volume", "getting louder", "getting quieter")
 SECONDS_WORDS = {1.0: "one second", 1.5: "one and a half seconds", 2.0: "two seconds", 2.5: "two and a half seconds",

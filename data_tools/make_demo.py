@@ -1,7 +1,10 @@
-"""python -m data_tools.make_demo --out DIR: a small learnable image/audio/text corpus, no downloads.
+"""python -m data_tools.make_demo --out DIR [--family NAME]: a small learnable image/audio/text corpus, no downloads.
 
-Writes raw media and manifests first, then builds shards with the real shard builder and trains
-the caption tokenizer, so the demo exercises the same path as real data:
+Families (``FAMILIES``) are unlike each other, so a recipe can be checked on data it was not tuned on:
+``shapes`` (filled shapes; tones, chirps and noises), ``glyphs`` (letters and digits; Morse code) and
+``patterns`` (textures; telephone key tones). Writes raw media and manifests first, then builds shards
+with the real shard builder and trains the caption tokenizer, so the demo exercises the same path as
+real data:
 
     DIR/raw/{images,audio}/{train,val}/...      PNG images, WAV clips
     DIR/raw/{image_text,audio_text}_{train,val}.tsv, DIR/raw/text_train.txt
@@ -21,7 +24,7 @@ import time
 import numpy as np
 import soundfile as sf
 
-from data_tools import demo_media
+from data_tools import demo_glyphs, demo_media, demo_patterns
 from data_tools.build_shards import default_workers
 from data_tools.builder import BuildPlan, build
 from data_tools.manifest import Manifest
@@ -32,6 +35,9 @@ from data_tools.train_tokenizer import train as train_tokenizer
 PROG = "python -m data_tools.make_demo"
 SAMPLE_RATE = 16000
 SPLITS = {"train": 0, "val": 1}
+# Each family module has DESCRIPTION, IMAGE_LABELS, AUDIO_LABELS, make_image(rng, px) and make_audio(rng, rate).
+FAMILIES = {"shapes": demo_media, "glyphs": demo_glyphs, "patterns": demo_patterns}
+MODALITIES = ("image", "audio")
 
 
 def _rng(seed: int, modality: int, split: str, index: int, attempt: int) -> np.random.Generator:
@@ -40,14 +46,15 @@ def _rng(seed: int, modality: int, split: str, index: int, attempt: int) -> np.r
 
 def _make_one(task: tuple) -> tuple[str, str, str]:
     """Write one raw file; returns (relative path, caption, label). Runs in worker processes."""
-    modality, split, index, attempt, seed, raw, image_px = task
+    family, modality, split, index, attempt, seed, raw, image_px = task
+    media = FAMILIES[family]
     rng = _rng(seed, 0 if modality == "image" else 1, split, index, attempt)
     if modality == "image":
-        image, caption, label = demo_media.make_image(rng, image_px)
+        image, caption, label = media.make_image(rng, image_px)
         rel = os.path.join("images", split, f"img_{index:06d}.png")
         image.save(os.path.join(raw, rel))
     else:
-        wave, caption, label = demo_media.make_audio(rng, SAMPLE_RATE)
+        wave, caption, label = media.make_audio(rng, SAMPLE_RATE)
         if index % 7 == 3:  # some stereo files, so the builder's down-mix is part of the demo too
             wave = np.stack([wave, wave * 0.8], axis=1)
         rel = os.path.join("audio", split, f"clip_{index:06d}.wav")
@@ -56,14 +63,15 @@ def _make_one(task: tuple) -> tuple[str, str, str]:
 
 
 def _caption_only(task: tuple) -> str:
-    modality, split, index, attempt, seed, _, image_px = task
+    family, modality, split, index, attempt, seed, _, image_px = task
+    media = FAMILIES[family]
     rng = _rng(seed, 0 if modality == "image" else 1, split, index, attempt)
     if modality == "image":
-        return demo_media.make_image(rng, image_px)[1]
-    return demo_media.make_audio(rng, SAMPLE_RATE)[1]
+        return media.make_image(rng, image_px)[1]
+    return media.make_audio(rng, SAMPLE_RATE)[1]
 
 
-def _attempts(modality: str, split: str, count: int, seed: int, image_px: int) -> list[int]:
+def _attempts(family: str, modality: str, split: str, count: int, seed: int, image_px: int) -> list[int]:
     """Per sample, the first draw whose caption no earlier validation sample used: held-out captions
     are all distinct, so retrieval scored by index is well defined. Training keeps every first draw."""
     if split == "train":
@@ -71,25 +79,29 @@ def _attempts(modality: str, split: str, count: int, seed: int, image_px: int) -
     used, attempts = set(), []
     for index in range(count):
         for attempt in range(100):
-            caption = _caption_only((modality, split, index, attempt, seed, None, image_px))
+            caption = _caption_only((family, modality, split, index, attempt, seed, None, image_px))
             if caption not in used:
                 break
+        else:
+            raise RuntimeError(f"make_demo: {family} {modality} {split} sample {index} found no caption unused "
+                               f"by earlier held-out samples in 100 draws; use a smaller --val-size")
         used.add(caption)
         attempts.append(attempt)
     return attempts
 
 
-def write_raw(out: str, modality: str, split: str, count: int, seed: int, image_px: int, workers: int) -> str:
+def write_raw(out: str, modality: str, split: str, count: int, seed: int, image_px: int, workers: int,
+              family: str = "shapes") -> str:
     """Media files and a manifest with id, media path, text and label; returns the manifest path."""
     raw = os.path.join(out, "raw")
     os.makedirs(os.path.join(raw, "images" if modality == "image" else "audio", split), exist_ok=True)
-    attempts = _attempts(modality, split, count, seed, image_px)
-    tasks = [(modality, split, i, attempts[i], seed, raw, image_px) for i in range(count)]
+    attempts = _attempts(family, modality, split, count, seed, image_px)
+    tasks = [(family, modality, split, i, attempts[i], seed, raw, image_px) for i in range(count)]
     column = "image" if modality == "image" else "audio"
     manifest = os.path.join(raw, f"{modality}_text_{split}.tsv")
     with open(manifest, "w", encoding="utf-8") as f:
         f.write(f"id\t{column}\ttext\tlabel\n")
-        for (_, _, index, *_), (rel, caption, label) in ordered_map(_make_one, tasks, workers=workers, chunksize=16):
+        for (_, _, _, index, *_), (rel, caption, label) in ordered_map(_make_one, tasks, workers=workers, chunksize=16):
             f.write(f"{modality}-{split}-{index:06d}\t{rel}\t{caption}\t{label}\n")
     return manifest
 
@@ -100,18 +112,26 @@ def _build(manifest: str, out: str, name: str, settings: BuildSettings, workers:
     return build(plan, overwrite=True, progress=False, log=lambda msg: None)
 
 
-def make_demo(out: str, *, train_size: int = 2000, val_size: int = 256, image_px: int = 112, seed: int = 0,
-              workers: int = 1, vocab_size: int = 1000, log=print) -> dict:
-    """Build the whole demo under ``out``; returns {what: path}."""
+def make_demo(out: str, *, family: str = "shapes", train_size: int = 2000, val_size: int = 256, image_px: int = 112,
+              seed: int = 0, workers: int = 1, vocab_size: int = 1000, modalities: tuple[str, ...] = MODALITIES,
+              log=print) -> dict:
+    """Build the whole demo of one family under ``out``; returns {what: path}. ``modalities``: which pair
+    kinds to draw (image-text, audio-text or both)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown demo family {family!r}; available: {', '.join(FAMILIES)}")
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be some of {MODALITIES}, got {modalities}")
+    media = FAMILIES[family]
     t0 = time.monotonic()
     out = os.path.abspath(out)
     settings = BuildSettings(image_size=image_px, max_audio_seconds=15.0, samples_per_shard=250)
     paths: dict[str, str] = {}
     captions: list[str] = []
-    for modality in ("image", "audio"):
+    for modality in modalities:
         for split, count in (("train", train_size), ("val", val_size)):
-            log(f"make_demo: drawing {count} {modality} {split} samples and building their shards")
-            manifest = write_raw(out, modality, split, count, seed, image_px, workers)
+            log(f"make_demo: drawing {count} {family} {modality} {split} samples and building their shards")
+            manifest = write_raw(out, modality, split, count, seed, image_px, workers, family)
             shard_dir = os.path.join(out, "shards", f"{modality}-text", split)
             index = _build(manifest, shard_dir, f"{modality}-text-{split}", settings, workers)
             if index["total_samples"] != count:
@@ -121,7 +141,7 @@ def make_demo(out: str, *, train_size: int = 2000, val_size: int = 256, image_px
                 with open(manifest, encoding="utf-8") as f:
                     captions.extend(line.rstrip("\n").split("\t")[2] for line in list(f)[1:])
         labels = os.path.join(out, f"labels_{modality}.txt")
-        names = demo_media.SHAPES if modality == "image" else demo_media.SOUNDS
+        names = media.IMAGE_LABELS if modality == "image" else media.AUDIO_LABELS
         with open(labels, "w", encoding="utf-8") as f:
             f.write("".join(name + "\n" for name in names))
         paths[f"labels_{modality}"] = labels
@@ -133,7 +153,7 @@ def make_demo(out: str, *, train_size: int = 2000, val_size: int = 256, image_px
     _build(text_file, paths["text/train"], "text-train", settings, 1, text_file=True)
     sidecar = train_tokenizer(out=os.path.join(out, "tokenizer"), shards=[], files=[text_file], vocab_size=vocab_size)
     paths["tokenizer"] = os.path.join(out, "tokenizer.json")
-    log(f"make_demo: {train_size} train + {val_size} val samples per modality, vocabulary of "
+    log(f"make_demo: {family}: {train_size} train + {val_size} val samples per modality, vocabulary of "
         f"{sidecar['vocab_size']} pieces, in {time.monotonic() - t0:.1f} s")
     for what, path in paths.items():
         log(f"  {what:18s} {path}")
@@ -142,10 +162,13 @@ def make_demo(out: str, *, train_size: int = 2000, val_size: int = 256, image_px
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=PROG, description="Make a small procedural image/audio/text corpus (shapes and sounds with captions that "
+        prog=PROG, description="Make a small procedural image/audio/text corpus (images and sounds with captions that "
                                "describe them), with train and validation splits, built into shards with the real "
-                               "shard builder, plus a tokenizer and label files. Nothing is downloaded.")
+                               "shard builder, plus a tokenizer and label files. Nothing is downloaded. Families: "
+                               + "; ".join(f"{name}: {m.DESCRIPTION}" for name, m in FAMILIES.items()) + ".")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; see --force)")
+    p.add_argument("--family", default="shapes", choices=list(FAMILIES),
+                   help="which procedural corpus to draw (default: %(default)s)")
     p.add_argument("--train-size", type=int, default=2000, help="training samples per modality (default: %(default)s)")
     p.add_argument("--val-size", type=int, default=256,
                    help="validation samples per modality, all with distinct captions (default: %(default)s)")
@@ -169,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.force:
             p.error(f"--out {args.out} exists and is not empty; pass --force to replace it")
         shutil.rmtree(args.out)
-    make_demo(args.out, train_size=args.train_size, val_size=args.val_size, image_px=args.image_px,
+    make_demo(args.out, family=args.family, train_size=args.train_size, val_size=args.val_size, image_px=args.image_px,
               seed=args.seed, workers=args.workers, vocab_size=args.vocab_size,
               log=lambda msg: print(msg, file=sys.stderr))
     return 0

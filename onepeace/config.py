@@ -37,8 +37,8 @@ class ModelConfig:
     # Keys that older files may hold: (the one value still accepted and dropped, or None; why).
     RETIRED_KEYS: ClassVar[dict[str, tuple[Any, str]]] = {
         "patch_size": (geometry.IMAGE_PATCH, "patch_size is no longer a setting: the hMLP stem has a fixed stride of 16"),
-        **{key: (None, f"{key} was replaced by text_rel_buckets / audio_rel_buckets (the official ONE-PEACE "
-                       "bucketing, 514 and 1026 rows); a model saved with it has relative tables of another size")
+        **{key: (None, (f"{key} was replaced by text_rel_buckets / audio_rel_buckets (the official ONE-PEACE "
+                        "bucketing, 514 and 1026 rows); a model saved with it has relative tables of another size"))
            for key in ("text_rel_exact", "audio_rel_exact", "rel_log_buckets")},
     }
 
@@ -52,6 +52,9 @@ class ModelConfig:
     drop_path_rate: float = 0.0  # linearly from 0 at the first layer to this at the last
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    # Std (and cut-off) of the truncated-normal init of Linear weights. The reference's 0.02 suits widths
+    # of 768 and more; at width 64 it is ten times below a fan-in init and training stalls (docs/learning.md).
+    init_std: float = 0.02
 
     # Denoising decoder (pretraining only)
     decoder_dim: int = 768
@@ -124,6 +127,7 @@ class ModelConfig:
         need(self.attention_backend in ("auto", "math", "sdpa", "flex", "xformers"),
              f"attention_backend must be one of auto, math, sdpa, flex, xformers; got {self.attention_backend!r}")
         need(0 <= self.pad_id < self.vocab_size, f"pad_id ({self.pad_id}) must be a token id below vocab_size")
+        need(self.init_std > 0, f"init_std must be positive, got {self.init_std}")
         for name in ("text_rel_buckets", "audio_rel_buckets"):
             size = getattr(self, name)
             need(size % 2 == 0 and 4 <= size < self.rel_max_distance,
@@ -140,6 +144,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         decoder_dim=64, decoder_depth=2, decoder_heads=4, decoder_ffn_dim=128,
         vocab_size=1000, image_size=64, audio_conv_dim=32, audio_pos_conv_layers=2,
         audio_pos_conv_groups=4, max_audio_frames=250, layer_scale_init=0.1,
+        # Cut at one std like the reference, so the spread is about 0.54 x 0.25 = 64^-0.5, a fan-in init.
+        init_std=0.25,
     ),
     "base": dict(embed_dim=768, depth=12, num_heads=12, ffn_dim=3072, drop_path_rate=0.1),
     "large": dict(embed_dim=1024, depth=24, num_heads=16, ffn_dim=4096, drop_path_rate=0.2),

@@ -16,6 +16,10 @@ from onepeace.geometry import audio_frame_count
 _SCALE = torch.tensor([1 / (255.0 * s) for s in CLIP_STD]).view(1, 3, 1, 1)
 _SHIFT = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]).view(1, 3, 1, 1)
 
+# How the pair view masks its text, per pair task (the reference's two stages differ): image-text masks
+# single tokens, first among those the text-only view kept; audio-text masks whole words on their own.
+PAIR_TEXT_WHOLE_WORDS = {"image-text": False, "audio-text": True}
+
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, S, S] -> CLIP-normalised float32 (in place on the float copy: 3x faster than addcmul)."""
@@ -80,7 +84,8 @@ def collate(samples: list[dict], spec: CollateSpec, rng: np.random.Generator) ->
         for i, s in enumerate(samples):
             ids = s["tokens"]
             tokens[i, : ids.size] = ids
-            keep, pair_keep = text_keeps(spec.word_start[ids[:-1]], m.text, m.pair_text, rng)
+            keep, pair_keep = text_keeps(spec.word_start[ids[:-1]], m.text, m.pair_text, rng,
+                                         pair_whole_words=PAIR_TEXT_WHOLE_WORDS.get(kind, False))
             keeps.append(keep)
             pair_keeps.append(pair_keep)
         batch["text_tokens"] = torch.from_numpy(tokens)

@@ -57,10 +57,12 @@ class TaskConfig:
 class MaskConfig:
     """Masking ratios of the reference recipe (share of content tokens dropped from the encoder)."""
 
-    image: float = 0.75  # image-only view
-    pair_image: float = 0.6875  # image in the pair, chosen among the patches the image-only view masked
-    text: float = 0.15  # text-only view, whole words
-    pair_text: float = 0.40  # text in the pair, whole words, preferring those the text-only view kept
+    image: float = 0.75  # image-only view, int(ratio * patches) random patches
+    pair_image: float = 0.6875  # image in the pair: every patch the image-only view kept, plus some it masked
+    text: float = 0.15  # text-only view, ceil(ratio * words) whole words
+    # text in the pair. image-text: int(ratio * tokens) single tokens, first among those the text-only
+    # view kept; audio-text: ceil(ratio * words) whole words
+    pair_text: float = 0.40
     audio: float = 0.55  # audio-only view, blocks of audio_span frames
     pair_audio: float = 0.45
     audio_span: int = 5
@@ -70,9 +72,9 @@ class MaskConfig:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"{path}.{name}: must be in [0, 1), got {value}")
-        if self.pair_image > self.image:
-            raise ConfigError(f"{path}.pair_image ({self.pair_image}) must not exceed image ({self.image}): "
-                              "the pair's masked patches are chosen among the image-only view's")
+        if self.pair_image + self.image < 1:
+            raise ConfigError(f"{path}.pair_image ({self.pair_image}) must be at least 1 - image ({1 - self.image:g}): "
+                              "the pair view masks every patch the image-only view keeps")
         if self.audio_span <= 0:
             raise ConfigError(f"{path}.audio_span: must be positive, got {self.audio_span}")
 

@@ -1,30 +1,45 @@
 """Which content tokens each view keeps (the rest are dropped from the encoder and predicted).
 
 Every function returns *kept* indices, sorted ascending, into a modality's content tokens (CLS
-excluded), because that is what the model's masked-token dropping gathers.
+excluded), because that is what the model's masked-token dropping gathers. The counts and the way the
+two views of a pair relate follow the reference recipe (see docs/fidelity.md, "Training").
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 
 
-def _stochastic_round(x: float, rng: np.random.Generator) -> int:
-    """floor or ceil with the odds that make the expectation exactly ``x`` (short captions stay unbiased)."""
-    low = int(np.floor(x))
-    return low + int(rng.random() < x - low)
+def image_mask_counts(num_patches: int, ratio: float, pair_ratio: float) -> tuple[int, int]:
+    """(patches masked in the image-only view, patches masked in the pair view): ``int(ratio * N)``
+    each, as the reference counts them. The pair masks every patch the image-only view kept, so it must
+    mask at least that many."""
+    masked, pair_masked = int(num_patches * ratio), int(num_patches * pair_ratio)
+    if pair_masked < num_patches - masked:
+        raise ValueError(f"image masks: the pair view masks {pair_masked} of {num_patches} patches (pair_image "
+                         f"{pair_ratio}) but must mask all {num_patches - masked} that the image-only view "
+                         f"keeps (image {ratio}): raise data.masks.pair_image or data.masks.image")
+    return masked, pair_masked
 
 
 def image_keeps(batch: int, num_patches: int, ratio: float, pair_ratio: float,
                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, K] kept patches of the image-only view (``ratio`` masked) and of the pair view
-    (``pair_ratio`` masked, all among the patches the image-only view masked)."""
+    """[B, K] kept patches of the image-only view and of the image-text pair view.
+
+    The image-only view masks ``int(ratio * N)`` random patches. The pair view masks every patch the
+    image-only view kept plus a random share of those it masked, ``int(pair_ratio * N)`` in all, so the
+    pair sees only patches the image-only view did not: the two views see disjoint patches.
+    """
+    masked, pair_masked = image_mask_counts(num_patches, ratio, pair_ratio)
+    extra = pair_masked - (num_patches - masked)  # image-masked patches the pair masks too
     order = np.argsort(rng.random((batch, num_patches)), axis=1)  # a random permutation per row
-    masked, pair_masked = int(round(ratio * num_patches)), int(round(pair_ratio * num_patches))
-    # The first `masked` of each permutation are masked in the image view; the pair masks a prefix of them.
+    # The image view masks order[:, :masked]. The pair masks order[:, masked:] (what the image view
+    # kept) and order[:, :extra] (a random share of what it masked), keeping order[:, extra:masked].
     keep = np.sort(order[:, masked:], axis=1)
-    pair_keep = np.sort(order[:, pair_masked:], axis=1)
+    pair_keep = np.sort(order[:, extra:masked], axis=1)
     return torch.from_numpy(keep), torch.from_numpy(pair_keep)
 
 
@@ -36,30 +51,43 @@ def word_ids(word_start: np.ndarray) -> np.ndarray:
     return ids
 
 
-def text_keeps(word_start: np.ndarray, ratio: float, pair_ratio: float,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Kept tokens of the text-only view (``ratio`` of the words masked whole) and of the pair view
-    (``pair_ratio`` of the words, taken first from those the text-only view kept).
+def whole_word_mask(word_start: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """[n] bool: ``ceil(ratio * words)`` random words masked whole (every piece of each)."""
+    wid = word_ids(word_start)
+    words = int(wid[-1]) + 1 if wid.size else 0
+    chosen = rng.permutation(words)[: math.ceil(ratio * words)]
+    word_masked = np.zeros(words, dtype=bool)
+    word_masked[chosen] = True
+    return word_masked[wid]
 
+
+def pair_token_mask(text_masked: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+    """[n] bool: ``int(ratio * n)`` single tokens, taken in random order first among the tokens the
+    text-only view kept (``~text_masked``), then, only if those run out, among the ones it masked."""
+    n = text_masked.shape[0]
+    # Kept tokens score in [0, 1), masked ones in [1, 2): ascending order puts every kept one first.
+    order = np.argsort(rng.random(n) + text_masked)
+    masked = np.zeros(n, dtype=bool)
+    masked[order[: int(n * ratio)]] = True
+    return masked
+
+
+def text_keeps(word_start: np.ndarray, ratio: float, pair_ratio: float, rng: np.random.Generator, *,
+               pair_whole_words: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Kept tokens of the text-only view and of the pair view.
+
+    The text-only view masks whole words (``whole_word_mask``). The pair view masks single tokens chosen
+    first among those the text-only view kept (``pair_token_mask``; the image-text stage), or, with
+    ``pair_whole_words``, whole words drawn on their own (the audio-text stage).
     ``word_start`` covers the tokens before EOS; EOS (index ``len(word_start)``) is always kept.
     """
-    length = word_start.shape[0]
-    eos = np.array([length])
-    if length == 0:
+    eos = np.array([word_start.shape[0]])
+    if word_start.shape[0] == 0:
         return eos, eos
-    wid = word_ids(word_start)
-    words = int(wid[-1]) + 1
-    order = rng.permutation(words)
-    masked = _stochastic_round(ratio * words, rng)
-    pair_masked = _stochastic_round(pair_ratio * words, rng)
-    # Pair view: words the text view kept come first (in random order), then the ones it masked.
-    pair_order = np.concatenate([order[masked:], order[:masked]])
-    out = []
-    for chosen in (order[:masked], pair_order[:pair_masked]):
-        word_masked = np.zeros(words, dtype=bool)
-        word_masked[chosen] = True
-        out.append(np.concatenate([np.flatnonzero(~word_masked[wid]), eos]))
-    return out[0], out[1]
+    masked = whole_word_mask(word_start, ratio, rng)
+    pair_masked = (whole_word_mask(word_start, pair_ratio, rng) if pair_whole_words
+                   else pair_token_mask(masked, pair_ratio, rng))
+    return np.concatenate([np.flatnonzero(~masked), eos]), np.concatenate([np.flatnonzero(~pair_masked), eos])
 
 
 def block_keep(num_frames: int, ratio: float, span: int, rng: np.random.Generator) -> np.ndarray:

@@ -16,11 +16,13 @@ from typing import Iterable, Iterator
 import numpy as np
 import webdataset as wds
 
+from onepeace.config import ConfigError
 from onepeace.data.batching import CollateSpec, collate
 from onepeace.data.config import DataConfig, TaskConfig
 from onepeace.data.decode import BadSample, SkipCounter, decode_sample
 from onepeace.data.formats import KIND_MODALITIES, shard_kinds_for_task
 from onepeace.data.layout import Layout
+from onepeace.data.masking import image_mask_counts
 from onepeace.data.shards import Shard, ShardSet, ShardSpecError, resolve_shards
 from onepeace.data.tokenizer import Tokenizer, normalize_caption
 from onepeace.data.transforms import AudioTransform, ImageTransform, max_audio_samples
@@ -107,6 +109,11 @@ class TaskPipeline:
         self.spec = CollateSpec(kind=self.kind, pad_id=model.pad_id, word_start=word_start,
                                 num_patches=model.image_grid ** 2, masks=data.masks,
                                 all_captions=not train and "-" in self.kind)
+        if self.kind == "image-text":  # refuse at start-up a ratio pair this grid cannot honour
+            try:
+                image_mask_counts(self.spec.num_patches, data.masks.image, data.masks.pair_image)
+            except ValueError as exc:
+                raise ConfigError(f"task {name}: {exc}") from None
         self.modalities = KIND_MODALITIES[self.kind]
         self.layouts: dict[str, Layout] = {s.url: s.layout for found in self.sources for s in found.shards}
         self.wanted = frozenset().union(*(layout.members(self.modalities) for layout in set(self.layouts.values())))

@@ -39,7 +39,9 @@ import torch
 from torch import nn
 
 from ..config import MODALITIES, ConfigError, ModelConfig
-from ..data.tokenizer import Tokenizer, TokenizerError, install_gpt2_bpe
+from ..data.gpt2_bpe import FILES as BPE_FILES
+from ..data.gpt2_bpe import read_dict
+from ..data.tokenizer import TokenizerError, install_gpt2_bpe
 from ..model import OnePeace
 from ..model.adapters import AUDIO_CONV_LAYERS
 from ..train.export import TOKENIZER_DIR, TOKENIZER_SIDECAR
@@ -58,6 +60,8 @@ IGNORED = [re.compile(p) for p in (
 # Non-tensor objects in fairseq checkpoints (config, meters, numpy scalars) are read as inert placeholders
 # from these packages only; anything else that is not a plain tensor container is refused.
 PLACEHOLDER_ROOTS = ("fairseq", "omegaconf", "argparse", "numpy", "one_peace")
+# Plain builtin types (a defaultdict's factory, for example) are allowed as themselves.
+SAFE_BUILTINS = {t.__name__: t for t in (list, dict, set, frozenset, tuple, int, float, str, bool)}
 
 
 class ConversionError(ValueError):
@@ -70,8 +74,9 @@ class ConversionError(ValueError):
 
 def _placeholder(full_name: str) -> type:
     module, _, name = full_name.rpartition(".")
-    cls = type(name, (), {"__init__": lambda self, *a, **k: None, "__setstate__": lambda self, state: None,
-                          "__call__": lambda self, *a, **k: None})
+    swallow = lambda self, *a, **k: None  # accepts whatever the pickle builds into it
+    cls = type(name, (), {m: swallow for m in ("__init__", "__setstate__", "__call__", "__setitem__", "append",
+                                                 "extend")})
     cls.__module__, cls.__qualname__ = module, name
     return cls
 
@@ -79,24 +84,33 @@ def _placeholder(full_name: str) -> type:
 def load_official(path: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The ``"model"`` state dict of a fairseq checkpoint, loaded with ``weights_only=True``; returns it and
     the names of the non-tensor classes that were read as placeholders."""
-    placeholders: dict[str, type] = {}
+    allowed: dict[str, object] = {}
     for _ in range(64):
         try:
-            with torch.serialization.safe_globals(list(placeholders.values())):
+            with torch.serialization.safe_globals(list(allowed.values())):
                 ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
             break
         except pickle.UnpicklingError as exc:
             match = re.search(r"GLOBAL ([\w.]+) was not an allowed global", str(exc))
             name = match.group(1) if match else None
-            if name is None or name.split(".")[0] not in PLACEHOLDER_ROOTS or name in placeholders:
-                raise ConversionError(f"{path}: cannot be read safely: {str(exc).splitlines()[-1][:300]}") from None
-            placeholders[name] = _placeholder(name)
+            if name in SAFE_BUILTINS and name not in allowed:
+                allowed[name] = SAFE_BUILTINS[name]
+            elif name and name.split(".")[0] in PLACEHOLDER_ROOTS and name not in allowed:
+                allowed[name] = _placeholder(name)
+            else:
+                text = str(exc)
+                detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+                reason = next((line.strip() for line in detail.splitlines() if line.strip()), "unknown reason")
+                raise ConversionError(
+                    f"{path}: cannot be read safely: {reason[:200]} (only tensors, plain containers and fairseq, "
+                    "omegaconf or numpy metadata are read; if you trust the file, keep just its weights with "
+                    "torch.save({'model': torch.load(path, weights_only=False)['model']}, new_path))") from None
     else:
         raise ConversionError(f"{path}: too many non-tensor classes in the file")
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise ConversionError(f"{path}: expected a fairseq checkpoint with the weights under 'model'")
-    return state, sorted(placeholders)
+    return state, sorted(k for k in allowed if k not in SAFE_BUILTINS)
 
 
 def _is_zip(path: str) -> bool:
@@ -371,15 +385,18 @@ def convert(checkpoint: str, out_dir: str, bpe_dir: str | None = None, dtype: st
     sd, placeholders = load_official(checkpoint)
     result = convert_state(sd, decoder_heads)
     result.placeholders = placeholders
-    extra: dict = {"source": {"official": os.path.abspath(checkpoint)},
-                   "conversion": {"fresh": summarise(result.fresh, result.model), "ignored": result.ignored}}
-    if bpe_dir:
-        sidecar = install_gpt2_bpe(bpe_dir, os.path.join(out_dir, TOKENIZER_DIR), max_tokens=70,
-                                   name=TOKENIZER_SIDECAR)
-        vocab = Tokenizer(sidecar).vocab_size
+    extra: dict = {"source": {"official": os.path.abspath(checkpoint),
+                              "fresh": summarise(result.fresh, result.model), "ignored": result.ignored}}
+    if bpe_dir:  # checked before anything is written
+        dict_file = os.path.join(bpe_dir, BPE_FILES["dict_file"])
+        if not os.path.isfile(dict_file):
+            raise TokenizerError(f"{bpe_dir}: no {BPE_FILES['dict_file']} (--bpe-dir is the folder with the official "
+                                 f"{', '.join(BPE_FILES.values())})")
+        vocab = len(read_dict(dict_file))
         if "text" in result.model.config.modalities and vocab > result.model.config.vocab_size:
             raise ConversionError(f"{bpe_dir}/dict.txt gives {vocab} token ids, more than the checkpoint's "
                                   f"{result.model.config.vocab_size} text embeddings: not this model's dictionary")
+        install_gpt2_bpe(bpe_dir, os.path.join(out_dir, TOKENIZER_DIR), max_tokens=70, name=TOKENIZER_SIDECAR)
         extra["tokenizer"] = os.path.join(TOKENIZER_DIR, TOKENIZER_SIDECAR)
     result.model.save_pretrained(out_dir, extra=extra, dtype={"fp32": None, "bf16": torch.bfloat16}[dtype])
     return result
@@ -406,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"converted {args.checkpoint} -> {os.path.abspath(args.out_dir)}: {c.depth} layers, width {c.embed_dim}, "
           f"{c.num_heads} heads, FFN {c.ffn_dim}, modalities {', '.join(c.modalities)}, "
           f"{sum(p.numel() for p in result.model.parameters()) / 1e6:.1f}M parameters")
+    if "text" in c.modalities:
+        print(f"text: vocab_size {c.vocab_size}, pad_id {c.pad_id} (set both when training from this export)")
     if result.fresh:
         print("freshly initialised (not in the checkpoint): " + ", ".join(summarise(result.fresh, result.model)))
     if result.ignored:

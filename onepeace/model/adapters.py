@@ -49,6 +49,21 @@ class ChannelLayerNorm(nn.Module):
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
 
 
+class FeatureConv(nn.Conv1d):
+    """A conv of the audio feature extractor: He-normal weights, as wav2vec 2.0 and the official model."""
+
+    def init_weights(self) -> None:
+        nn.init.kaiming_normal_(self.weight)
+
+
+class PositionConv(nn.Conv1d):
+    """A conv of the audio position embedding: PyTorch's default init, bias included (the official model
+    leaves these convs as PyTorch makes them)."""
+
+    def init_weights(self) -> None:
+        self.reset_parameters()
+
+
 class VisionAdapter(nn.Module):
     """hMLP stem: three non-overlapping convs (k4s4, k2s2, k2s2), so patches never mix; CLS + absolute
     positions (resizable for other resolutions)."""
@@ -109,14 +124,14 @@ class AudioAdapter(nn.Module):
         layers: list[nn.Module] = []
         in_ch = 1
         for kernel, stride in AUDIO_CONV_LAYERS:
-            layers += [nn.Conv1d(in_ch, c, kernel, stride=stride, bias=False), ChannelLayerNorm(c, eps), nn.GELU()]
+            layers += [FeatureConv(in_ch, c, kernel, stride=stride, bias=False), ChannelLayerNorm(c, eps), nn.GELU()]
             in_ch = c
         self.feature_extractor = nn.Sequential(*layers)
         self.feature_norm = layer_norm(c, eps)
         self.feature_proj = nn.Linear(c, d)
         k, g = config.audio_pos_conv_kernel, config.audio_pos_conv_groups
         self.pos_conv = nn.ModuleList(
-            nn.Sequential(nn.Conv1d(d, d, k, padding=k // 2, groups=g),
+            nn.Sequential(PositionConv(d, d, k, padding=k // 2, groups=g),
                           ChannelLayerNorm(d, eps, elementwise_affine=False), nn.GELU())
             for _ in range(config.audio_pos_conv_layers)
         )

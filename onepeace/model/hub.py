@@ -1,7 +1,8 @@
 """The exported-model directory, laid out the way the Hugging Face Hub expects.
 
     config.json         the ModelConfig fields, plus ``tokenizer`` (path of the sidecar, relative to the
-                        directory) and ``source`` (what the export was made from), when known
+                        directory), ``source`` (what the export was made from) and ``conversion`` (what
+                        onepeace-convert-official filled in), when known
     model.safetensors   the weights (safetensors: no pickled code, memory-mapped loading)
     tokenizer/          the tokenizer sidecar and its model file (written by ``onepeace-export``)
     README.md           a model card (written by ``huggingface_hub``)
@@ -25,7 +26,7 @@ from ..files import atomic_write
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 LEGACY_CONFIG_FILE, LEGACY_WEIGHTS_FILE = "config.yaml", "model.pt"
-METADATA_KEYS = ("tokenizer", "source")  # config.json keys that are not ModelConfig fields
+METADATA_KEYS = ("tokenizer", "source", "conversion")  # config.json keys that are not ModelConfig fields
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 

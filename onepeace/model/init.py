@@ -18,31 +18,36 @@ from ..ops.norm import is_layer_norm
 INIT_STD = 0.02
 
 
-def trunc_normal_(t: torch.Tensor) -> torch.Tensor:
-    """Truncated normal, std 0.02, cut at +-0.02: linear and embedding weights, tokens and positions."""
-    return nn.init.trunc_normal_(t, std=INIT_STD, a=-INIT_STD, b=INIT_STD)
+def trunc_normal_(t: torch.Tensor, std: float = INIT_STD) -> torch.Tensor:
+    """Truncated normal cut at one std (the reference: std 0.02, cut at +-0.02): linear and embedding
+    weights, tokens and positions."""
+    return nn.init.trunc_normal_(t, std=std, a=-std, b=std)
 
 
-def init_module(module: nn.Module) -> None:
+def init_module(module: nn.Module, linear_std: float = INIT_STD) -> None:
     """Initialise the parameters ``module`` holds itself (not its submodules').
 
-    Linear and embedding weights: truncated normal; biases 0; LayerNorm 1/0; conv weights PyTorch's
-    fan-in init. Our own modules define ``init_weights()`` for theirs (including those they keep in a
-    ``ParameterDict``).
+    Our own modules define ``init_weights()`` for all they hold (including what they keep in a
+    ``ParameterDict``). Torch layers: linear weights truncated normal with ``linear_std`` (the model's
+    ``init_std``: 0.02 as the reference, larger in the tiny preset, see docs/learning.md), embedding
+    weights with the reference's 0.02 (they have no fan-in); biases 0; LayerNorm 1/0; conv weights
+    PyTorch's fan-in init.
     """
     with torch.no_grad():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if callable(getattr(module, "init_weights", None)):
+            module.init_weights()
+            return
+        if isinstance(module, nn.Linear):
+            trunc_normal_(module.weight, linear_std)
+        elif isinstance(module, nn.Embedding):
             trunc_normal_(module.weight)
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
             module.reset_parameters()
-        elif is_layer_norm(module):
-            if getattr(module, "weight", None) is not None:
-                nn.init.ones_(module.weight)
-        elif callable(getattr(module, "init_weights", None)):
-            module.init_weights()
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
-            if isinstance(getattr(module, "bias", None), torch.Tensor):
-                nn.init.zeros_(module.bias)
+        elif is_layer_norm(module) and getattr(module, "weight", None) is not None:
+            nn.init.ones_(module.weight)
+        has_bias = isinstance(getattr(module, "bias", None), torch.Tensor)
+        if has_bias and (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module)):
+            nn.init.zeros_(module.bias)
 
 
 def _own_parameters(module: nn.Module, prefix: str) -> dict[str, nn.Parameter]:
@@ -55,9 +60,9 @@ def _own_parameters(module: nn.Module, prefix: str) -> dict[str, nn.Parameter]:
     return own
 
 
-def reset_parameters(model: nn.Module, only: Collection[str] | None = None) -> None:
+def reset_parameters(model: nn.Module, only: Collection[str] | None = None, linear_std: float = INIT_STD) -> None:
     """Initialise every parameter of ``model``, or only those named in ``only`` (the others keep their
-    values exactly). Unknown names are an error."""
+    values exactly). Unknown names are an error. ``linear_std``: see :func:`init_module`."""
     if only is not None:
         unknown = set(only) - {name for name, _ in model.named_parameters()}
         if unknown:
@@ -69,7 +74,7 @@ def reset_parameters(model: nn.Module, only: Collection[str] | None = None) -> N
         if not own or only is not None and not own.keys() & set(only):
             continue
         keep = {n: p.detach().clone() for n, p in own.items() if only is not None and n not in only}
-        init_module(module)
+        init_module(module, linear_std)
         with torch.no_grad():
             for n, saved in keep.items():
                 own[n].copy_(saved)

@@ -58,11 +58,12 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
 
     def reset_parameters(self, only: Collection[str] | None = None) -> None:
         """Initialise all parameters, or just those named in ``only`` (to exactly what a fresh model gets;
-        the others keep their values). Each module initialises its own (see :mod:`.init`): linear and
-        embedding weights truncated normal (std and cut-off 0.02), biases 0, LayerNorm 1/0, conv weights
-        PyTorch's fan-in init; CLS, position and mask tokens like linear weights; relative tables 0;
+        the others keep their values). Each module initialises its own (see :mod:`.init`): linear weights
+        truncated normal (std and cut-off ``config.init_std``: the reference's 0.02, larger in the tiny
+        preset, docs/learning.md), embedding weights likewise with 0.02, biases 0, LayerNorm 1/0, conv
+        weights PyTorch's fan-in init; CLS, position and mask tokens like embeddings; relative tables 0;
         LayerScale at its init; the logit scale at ln(1/0.07)."""
-        reset_model_parameters(self, only)
+        reset_model_parameters(self, only, linear_std=self.config.init_std)
 
     # ---------------------------------------------------------------------------------------------
     # Saving and loading

@@ -3,12 +3,16 @@
 For an image-text batch (stage 1) the step runs: the text and the image alone, unmasked (their CLS
 embeddings give the contrastive loss, their token outputs are the denoising targets); the text with 15%
 of words dropped and the image with 75% of patches dropped, each decoded and contrasted against its
-target; the pair with 40% of words and 68.75% of patches dropped, against the unmasked pair computed
-without gradient. Audio-text (stage 2) is the same with audio. Image-, audio- or text-only tasks add
-their denoising term. Each term has a weight (``train.loss_weights``); weight 0 skips its work.
+target; the pair with 40% of text tokens and 68.75% of patches dropped, against the unmasked pair
+computed without gradient. Audio-text (stage 2) is the same with audio, except that, as in the reference,
+the audio-only view's target is the audio part of that unmasked pair forward, not the audio-only forward.
+Image-, audio- or text-only tasks add their denoising term. Each term has a weight
+(``train.loss_weights``); weight 0 skips its work.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -17,8 +21,16 @@ from ..losses import bounded_logit_scale, contrastive_loss, denoising_loss, targ
 from ..model import ModalityOutput, OnePeace
 from .config import LossWeights
 
-# The other modality of a pair task, and its contrastive term.
-PAIR_TASKS = {"image-text": ("image", "itc"), "audio-text": ("audio", "atc")}
+
+class PairTask(NamedTuple):
+    other: str  # the modality paired with text
+    contrastive: str  # its contrastive term
+    single_target_from_pair: bool  # the other modality's single-view DCL target: the unmasked pair's tokens
+
+
+# Stage 1 (image-text) takes the image-only view's target from the image-only forward; stage 2
+# (audio-text) takes the audio-only view's from the unmasked audio-text pair forward.
+PAIR_TASKS = {"image-text": PairTask("image", "itc", False), "audio-text": PairTask("audio", "atc", True)}
 
 
 def _raw_inputs(modality: str, batch: dict) -> dict:
@@ -84,24 +96,28 @@ class PretrainObjective(nn.Module):
             return self._single_terms(kind, self.model.adapt(**_raw_inputs(kind, batch)), batch)
         if kind not in PAIR_TASKS:
             raise ValueError(f"unknown task kind {kind!r}")
-        other, contrastive_term = PAIR_TASKS[kind]
+        other, contrastive_term, single_from_pair = PAIR_TASKS[kind]
         adapted = self.model.adapt(**_raw_inputs("text", batch), **_raw_inputs(other, batch))  # once per batch
         terms: dict[str, torch.Tensor] = {}
         contrast = getattr(w, contrastive_term) > 0
+        single_other = getattr(w, f"dcl_{other}") > 0
+        pair_text, pair_other = w.dcl_pair_text > 0, getattr(w, f"dcl_pair_{other}") > 0
         with torch.set_grad_enabled(torch.is_grad_enabled() and contrast):
             text_full = self._encode(adapted, ("text",))["text"] if contrast or w.dcl_text > 0 else None
             other_full = (self._encode(adapted, (other,))[other]
-                          if contrast or getattr(w, f"dcl_{other}") > 0 else None)
+                          if contrast or (single_other and not single_from_pair) else None)
+        target = None  # the unmasked pair, computed once for every DCL term that reads it
+        if pair_text or pair_other or (single_other and single_from_pair):
+            with torch.no_grad():
+                target = self._encode(adapted, ("text", other))
         if contrast:
             terms[contrastive_term] = contrastive_loss(self.model.embed(other, other_full),
                                                        self.model.embed("text", text_full),
                                                        bounded_logit_scale(self.model.logit_scale))
         terms.update(self._single_terms("text", adapted, batch, text_full))
-        terms.update(self._single_terms(other, adapted, batch, other_full))
-        pair_text, pair_other = w.dcl_pair_text > 0, getattr(w, f"dcl_pair_{other}") > 0
+        other_target = target[other] if single_from_pair and target is not None else other_full
+        terms.update(self._single_terms(other, adapted, batch, other_target))
         if pair_text or pair_other:
-            with torch.no_grad():
-                target = self._encode(adapted, ("text", other))
             masked = self._encode(adapted, ("text", other), batch, ("pair_text_keep", f"pair_{other}_keep"))
             pred = self.model.decode(masked)
             for modality, wanted in (("text", pair_text), (other, pair_other)):

@@ -133,20 +133,23 @@ def test_resume_refuses_another_model(tmp_path, demo_corpus, capsys):
     assert "the model config differs (model.ffn_dim: checkpoint 256, now 128)" in other.stdout
 
 
-def test_stage2_trains_only_the_audio_branch_and_decoder(tmp_path, demo_corpus):
+def test_stage2_trains_the_recipe_s_set_and_nothing_else(tmp_path, demo_corpus):
+    """Through the CLI: the stage-2 recipe's trainable set moves (the audio bias table from its zero start,
+    the reset logit scale), everything else keeps its stage-1 value."""
     from onepeace.model import OnePeace
+    from onepeace.recipe import load_recipe, shipped_recipes
+    from onepeace.runs import matches
 
+    shipped = load_recipe(next(n for n in shipped_recipes() if n.startswith("stage2"))).train
     stage1 = write_recipe(tmp_path / "s1.yaml", demo_corpus, steps=2, model={"modalities": ["text", "image"]})
     out = run([sys.executable, "-m", "onepeace.train", "--config", str(stage1), "--run-dir", str(tmp_path / "s1")])
     assert out.returncode == 0, out.stdout[-3000:]
     stage2 = write_recipe(
         tmp_path / "s2.yaml", demo_corpus, tasks=("audio-text",), steps=3, model={"modalities": ["text", "audio"]},
-        init_from=str(tmp_path / "s1"), init_exclude=["*audio*"], reset=["logit_scale"],
-        trainable=["adapters.audio.*", "encoder.layers.*.ffn.audio.*", "encoder.final_norm.audio.*", "proj.audio.*",
-                   "decoder.*"],
-        loss_weights={"atc": 1.0, "dcl_text": 0.0, "dcl_audio": 1.0, "dcl_pair_text": 0.5, "dcl_pair_audio": 0.5})
+        init_from=str(tmp_path / "s1"), init_exclude=shipped.init_exclude, reset=shipped.reset,
+        trainable=shipped.trainable, loss_weights=vars(shipped.loss_weights))
     out = run(deepspeed_cmd(["--config", str(stage2), "--run-dir", str(tmp_path / "s2"), "--deepspeed_config",
-                             str(ds_config(tmp_path, 2))]))
+                             str(ds_config(tmp_path, 2))]), timeout=600)
     assert out.returncode == 0, out.stdout[-3000:]
     for name in ("s1", "s2"):
         exported = run([str(BIN / "onepeace-export"), str(tmp_path / name), str(tmp_path / f"{name}-export")])
@@ -154,13 +157,14 @@ def test_stage2_trains_only_the_audio_branch_and_decoder(tmp_path, demo_corpus):
     before = OnePeace.from_pretrained(str(tmp_path / "s1-export")).state_dict()
     after_model = OnePeace.from_pretrained(str(tmp_path / "s2-export"))
     after = after_model.state_dict()
-    trainable = {n for n in after if n.startswith(("adapters.audio.", "decoder.", "encoder.final_norm.audio.",
-                                                   "proj.audio.")) or ".ffn.audio." in n}
-    frozen = [n for n in after if n not in trainable and n != "logit_scale" and n in before]
-    assert frozen and all(torch.equal(after[n], before[n]) for n in frozen), \
+    trainable = {n for n in after if matches(n, shipped.trainable)}
+    frozen = [n for n in after if n not in trainable]
+    assert frozen and all(n in before for n in frozen)  # everything frozen came from stage 1
+    assert all(torch.equal(after[n], before[n]) for n in frozen), \
         [n for n in frozen if not torch.equal(after[n], before[n])][:5]
-    assert (after["rel_bias.tables.audio"] == 0).all()  # frozen and new: still at its initial value
-    assert after["logit_scale"].item() == pytest.approx(math.log(1 / 0.07))  # reset, then frozen
+    assert {"rel_bias.tables.audio", "logit_scale", "decoder.mask_token.audio"} <= trainable
+    assert not (after["rel_bias.tables.audio"] == 0).all()  # trained from its zero start
+    assert after["logit_scale"].item() != pytest.approx(math.log(1 / 0.07), abs=1e-6)  # reset, then trained
     shared_trainable = [n for n in trainable if n in before]  # the decoder's text part came from stage 1
     assert shared_trainable and all(not torch.equal(after[n], before[n]) for n in shared_trainable
                                     if n.endswith("weight") and "norm" not in n)
@@ -175,6 +179,8 @@ def test_export_then_from_pretrained_gives_the_same_embeddings(tmp_path, demo_co
     assert out.returncode == 0, out.stdout[-3000:]
     exported = run([str(BIN / "onepeace-export"), str(tmp_path / "run"), str(tmp_path / "export")])
     assert exported.returncode == 0, exported.stderr
+    assert {"model.safetensors", "config.json", "tokenizer"} <= set(os.listdir(tmp_path / "export"))
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["tokenizer"] == "tokenizer/tokenizer.json"
     script = REPO_ROOT / "tests" / "e2e" / "engine_embeddings.py"
     out = run(deepspeed_cmd([str(recipe), str(tmp_path / "run"), str(tmp_path / "export"),
                              str(ds_config(tmp_path, 3))], module=None, script=str(script)), timeout=600)

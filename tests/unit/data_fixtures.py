@@ -141,8 +141,8 @@ def write_gpt2_bpe(root, merges: list[tuple[str, str]], in_dict=None) -> tuple[d
     alphabet = gpt2_byte_alphabet()
     tokens = [alphabet[b] for b in range(256)]
     tokens += [a + b for a, b in merges if a + b not in tokens]
-    encoder = {t: (i * 37) % len(tokens) for i, t in enumerate(tokens)}
-    assert len(set(encoder.values())) == len(tokens)
+    ids = np.random.default_rng(0).permutation(len(tokens)).tolist()
+    encoder = dict(zip(tokens, ids))
     kept = [i for i in sorted(encoder.values(), key=lambda i: (-(i % 7), i))
             if in_dict is None or in_dict(i, {v: k for k, v in encoder.items()}[i])]
     lines = [f"{i} {1000 - n}" for n, i in enumerate(kept)]

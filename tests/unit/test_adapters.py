@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from onepeace.config import model_config
 from onepeace.model import OnePeace, audio_frame_count
-from onepeace.model.adapters import AudioAdapter, TextAdapter, VisionAdapter
+from onepeace.model.adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
 
 
 @pytest.fixture
@@ -171,3 +172,24 @@ def test_masked_audio_view_is_padding_invariant(cfg):
     alone = model.forward_encoder(audio=short[None], audio_keep=keep[:1, :4])["audio"]
     torch.testing.assert_close(together.tokens[0, :5], alone.tokens[0], atol=1e-5, rtol=1e-5)
     assert together.padding_mask[0].tolist() == [False] * 5 + [True] * 2
+
+
+def test_masked_audio_view_equals_a_plain_restatement(cfg):
+    """Official order, written out: conv features, drop the masked frames, then the position convs (grouped
+    conv, LayerNorm without affine, GELU, per layer) over the kept frames side by side, added to them."""
+    model = OnePeace(cfg).eval()
+    audio = torch.randn(2, 8000)
+    keep = torch.tensor([[0, 5, 6, 13, 20], [2, 3, 4, 10, 11]])
+    adapter = model.adapters["audio"]
+    feats = adapter.features(audio).tokens  # [B, 1 + n, D], no frame positions yet
+    kept = feats[:, 1:].gather(1, keep[..., None].expand(-1, -1, feats.shape[-1]))
+    h = kept.transpose(1, 2)
+    for block in adapter.pos_conv:
+        conv = block[0]
+        h = F.conv1d(h, conv.weight, conv.bias, padding=conv.kernel_size[0] // 2, groups=conv.groups)
+        h = F.gelu(F.layer_norm(h.transpose(1, 2), (h.shape[1],), eps=cfg.layer_norm_eps).transpose(1, 2))
+    by_hand = feats.clone()
+    by_hand[:, 1:].scatter_(1, keep[..., None].expand(-1, -1, feats.shape[-1]), kept + h.transpose(1, 2))
+    expected = model.forward_encoder(adapted={"audio": AdapterOutput(by_hand, None)}, audio_keep=keep)
+    got = model.forward_encoder(audio=audio, audio_keep=keep)
+    torch.testing.assert_close(got["audio"].tokens, expected["audio"].tokens)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from data_fixtures import make_image_text, write_gpt2_bpe
+from official_layout import MODS, OfficialSize, official_checkpoint, official_shapes
 
 from onepeace.data.tokenizer import Tokenizer
 from onepeace.eval.cli import main as eval_main
@@ -27,84 +28,11 @@ from onepeace.integrations.official import (
 from onepeace.model import OnePeace
 from onepeace.runs import load_model, warm_start
 
-# A small size in the official layout: width 32, 4 heads, 2 layers, GeGLU 64, text bucket size 8,
-# a 2x2 image grid (32 px), an 8-channel audio stack with 2 position convs (kernel 5, 4 groups).
-D, H, L, FFN, VOCAB, TEXT_BUCKETS, AUDIO_BUCKETS, GRID = 32, 4, 2, 64, 40, 8, 8, 2
-CONV, POS_CONVS, POS_KERNEL, POS_GROUPS = 8, 2, 5, 4
-DEC_D, DEC_L, DEC_FFN = 16, 2, 24
-MODS = ("text", "image", "audio")
-
-
-def _ln(shapes: dict, name: str, n: int) -> None:
-    shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (n,), (n,)
-
-
-def _layer(shapes: dict, p: str, d: int, ffn: int, gammas: bool) -> None:
-    a = f"{p}self_attn."
-    shapes.update({f"{a}k_proj.weight": (d, d), f"{a}v_proj.weight": (d, d), f"{a}v_proj.bias": (d,),
-                   f"{a}q_proj.weight": (d, d), f"{a}q_proj.bias": (d,), f"{a}out_proj.weight": (d, d),
-                   f"{a}out_proj.bias": (d,)})
-    _ln(shapes, f"{a}ln", d)
-    _ln(shapes, f"{p}self_attn_layer_norm", d)
-    _ln(shapes, f"{p}final_layer_norm", d)
-    if gammas:
-        shapes[f"{p}gamma_1"], shapes[f"{p}gamma_2"] = (d,), (d,)
-    for m in MODS:
-        f = f"{p}{m}_ffn."
-        shapes.update({f"{f}0.wi_0.weight": (ffn, d), f"{f}0.wi_1.weight": (ffn, d), f"{f}3.weight": (d, ffn),
-                       f"{f}3.bias": (d,)})
-        _ln(shapes, f"{f}2", ffn)
-
-
-def official_shapes() -> dict[str, tuple[int, ...]]:
-    """Names and shapes of OnePeacePretrainModel's state dict (encoder_wrapper/decoder_wrapper ModelWrappers)."""
-    s: dict[str, tuple[int, ...]] = {"logit_scale": ()}
-    e, t, i, a = "encoder_wrapper.", "encoder_wrapper.text_adapter.", "encoder_wrapper.image_adapter.", \
-        "encoder_wrapper.audio_adapter."
-    s.update({f"{t}embed_tokens.weight": (VOCAB, D), f"{t}cls_embedding": (1, 1, D),
-              f"{t}embed_positions.weight": (514, D), f"{t}rp_bucket": (1024, 1024),
-              f"{t}rel_pos_table_list.0.weight": (2 * TEXT_BUCKETS - 1 + 3, H)})
-    s.update({f"{i}embed_images.0.weight": (D // 4, 3, 4, 4), f"{i}embed_images.0.bias": (D // 4,),
-              f"{i}embed_images.3.weight": (D // 4, D // 4, 2, 2), f"{i}embed_images.3.bias": (D // 4,),
-              f"{i}embed_images.6.weight": (D, D // 4, 2, 2), f"{i}embed_images.6.bias": (D,),
-              f"{i}cls_embedding": (1, 1, D), f"{i}pos_embed": (GRID**2 + 1, D), f"{i}position_idx": (GRID**2 + 1,),
-              f"{i}rp_bucket": (GRID**2 + 1, GRID**2 + 1), f"{i}rel_pos_table_list.0.weight": ((2 * GRID - 1) ** 2 + 3, H)})
-    _ln(s, f"{i}embed_images.1.layer_norm", D // 4)
-    _ln(s, f"{i}embed_images.4.layer_norm", D // 4)
-    for j, k in enumerate((10, 3, 3, 3, 3, 2, 2)):
-        s[f"{a}embed_audios.0.conv_layers.{j}.0.weight"] = (CONV, 1 if j == 0 else CONV, k)
-        _ln(s, f"{a}embed_audios.0.conv_layers.{j}.2.1", CONV)
-    _ln(s, f"{a}embed_audios.2", CONV)
-    s.update({f"{a}embed_audios.3.weight": (D, CONV), f"{a}embed_audios.3.bias": (D,), f"{a}cls_embedding": (1, 1, D),
-              f"{a}cls_pos_embed": (1, 1, D), f"{a}mask_embedding": (1, D),
-              f"{a}rel_pos_table_list.0.weight": (2 * AUDIO_BUCKETS - 1 + 3, H)})
-    for j in range(1, POS_CONVS + 1):
-        s[f"{a}embed_positions.{j}.0.weight"], s[f"{a}embed_positions.{j}.0.bias"] = (D, D // POS_GROUPS, POS_KERNEL), (D,)
-    s[f"{e}fusion_model.version"] = (1,)
-    for n in range(L):
-        _layer(s, f"{e}fusion_model.layers.{n}.", D, FFN, gammas=True)
-    for m in MODS:
-        _ln(s, f"{e}fusion_model.{m}_layer_norm", D)
-        s[f"{m}_proj.weight"], s[f"{m}_proj.bias"] = (D, D), (D,)
-        s[f"decoder_{m}_embed.weight"], s[f"decoder_{m}_embed.bias"] = (DEC_D, D), (DEC_D,)
-        s[f"{m}_mask_token"] = (1, DEC_D)
-        s[f"{m}_mask_head.weight"], s[f"{m}_mask_head.bias"] = (D, DEC_D), (D,)
-        s[f"decoder_wrapper.{m}_adapter.cls_embedding"] = (1, 1, DEC_D)
-        _ln(s, f"decoder_wrapper.fusion_model.{m}_layer_norm", DEC_D)
-    s.update({"decoder_wrapper.text_adapter.embed_positions.weight": (514, DEC_D),
-              "decoder_wrapper.image_adapter.pos_embed": (GRID**2 + 1, DEC_D),
-              "decoder_wrapper.image_adapter.position_idx": (GRID**2 + 1,),
-              "decoder_wrapper.audio_adapter.embed_positions.weight": (1026, DEC_D),
-              "decoder_wrapper.audio_adapter.mask_embedding": (1, DEC_D), "decoder_wrapper.fusion_model.version": (1,)})
-    for n in range(DEC_L):
-        _layer(s, f"decoder_wrapper.fusion_model.layers.{n}.", DEC_D, DEC_FFN, gammas=False)
-    return s
-
-
-def official_checkpoint(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: (torch.zeros(shape, dtype=torch.long) if k.endswith(("rp_bucket", "position_idx"))
-                else 0.3 * torch.randn(shape, generator=g)) for k, shape in official_shapes().items()}
+SIZE = OfficialSize()
+D, H, L, FFN, VOCAB, TEXT_BUCKETS, AUDIO_BUCKETS, GRID = (SIZE.d, SIZE.heads, SIZE.layers, SIZE.ffn, SIZE.vocab,
+                                                          SIZE.text_buckets, SIZE.audio_buckets, SIZE.grid)
+CONV, POS_CONVS, POS_KERNEL, POS_GROUPS = SIZE.conv, SIZE.pos_convs, SIZE.pos_kernel, SIZE.pos_groups
+DEC_D, DEC_L, DEC_FFN = SIZE.dec_d, SIZE.dec_layers, SIZE.dec_ffn
 
 
 def is_head_or_decoder(key: str) -> bool:
@@ -164,8 +92,26 @@ def official_layer(x, sd, p, lengths, bias):
     return x + sd[f"{p}gamma_2"] * torch.cat(parts, dim=1)
 
 
-def official_forward(sd, tokens=None, images=None):
-    """{modality: final hidden states [B, 1 + n, D]} of the official encoder for text, image or a vl pair."""
+def official_audio_features(sd, waves):
+    """wav2vec 2.0 feature extractor, then the convolutional position embedding (official module indices)."""
+    a = "encoder_wrapper.audio_adapter."
+    x = waves[:, None]
+    for j, stride in enumerate((5, 2, 2, 2, 2, 2, 2)):
+        x = F.conv1d(x, sd[f"{a}embed_audios.0.conv_layers.{j}.0.weight"], stride=stride)
+        x = F.gelu(_norm(x.transpose(1, 2), sd, f"{a}embed_audios.0.conv_layers.{j}.2.1").transpose(1, 2))
+    x = F.linear(_norm(x.transpose(1, 2), sd, f"{a}embed_audios.2"), sd[f"{a}embed_audios.3.weight"],
+                 sd[f"{a}embed_audios.3.bias"])
+    pos = x.transpose(1, 2)
+    for j in range(1, POS_CONVS + 1):
+        pos = F.conv1d(pos, sd[f"{a}embed_positions.{j}.0.weight"], sd[f"{a}embed_positions.{j}.0.bias"],
+                       padding=POS_KERNEL // 2, groups=POS_GROUPS)
+        pos = F.gelu(F.layer_norm(pos.transpose(1, 2), (D,)).transpose(1, 2))
+    pos = torch.cat([sd[f"{a}cls_pos_embed"].expand(len(x), -1, -1), pos.transpose(1, 2)], 1)
+    return torch.cat([sd[f"{a}cls_embedding"].expand(len(x), -1, -1), x], 1) + pos
+
+
+def official_forward(sd, tokens=None, images=None, waves=None):
+    """{modality: final hidden states [B, 1 + n, D]} of the official encoder for one modality or a pair."""
     e, xs, tables, lengths = "encoder_wrapper.", [], [], []
     if tokens is not None:
         t = f"{e}text_adapter."
@@ -185,6 +131,11 @@ def official_forward(sd, tokens=None, images=None):
         xs.append(y + sd[f"{e}image_adapter.pos_embed"])
         tables.append(sd[f"{e}image_adapter.rel_pos_table_list.0.weight"][official_image_buckets(GRID)])
         lengths.append(("image", y.shape[1]))
+    if waves is not None:
+        xs.append(official_audio_features(sd, waves))
+        table = sd[f"{e}audio_adapter.rel_pos_table_list.0.weight"]
+        tables.append(table[official_text_buckets(AUDIO_BUCKETS, xs[-1].shape[1])])
+        lengths.append(("audio", xs[-1].shape[1]))
     x = torch.cat(xs, dim=1)
     bias, start = torch.zeros(H, x.shape[1], x.shape[1]), 0
     for table, (_, n) in zip(tables, lengths):
@@ -240,6 +191,11 @@ def test_outputs_equal_the_official_forward(official, converted):
         text_ref = text_ref_full[:, 0]
         expected = F.normalize(F.linear(text_ref, official["text_proj.weight"], official["text_proj.bias"]), dim=-1)
         torch.testing.assert_close(model.encode_text(tokens), expected, rtol=1e-4, atol=1e-4)
+        waves = torch.randn(2, 4000, generator=g)  # 12 frames
+        audio_pair = model.forward_encoder(text=tokens, audio=waves)
+        audio_ref = official_forward(official, tokens, waves=waves)
+        for m in ("text", "audio"):
+            torch.testing.assert_close(audio_pair[m].tokens, audio_ref[m], rtol=1e-4, atol=1e-4)
     # The comparison sees the bias orientation: the official rows loaded unreversed give other outputs.
     raw = official["encoder_wrapper.text_adapter.rel_pos_table_list.0.weight"]
     with torch.no_grad():
@@ -322,6 +278,14 @@ def test_unknown_and_missing_keys_are_refused_by_name(official, tmp_path, capsys
     torch.save({"model": extra}, tmp_path / "bad.pt")
     assert main([str(tmp_path / "bad.pt"), str(tmp_path / "out")]) == 2
     assert "self_attn.c_attn" in capsys.readouterr().err
+    # A dictionary larger than the checkpoint's text embeddings is another model's: refused before writing.
+    torch.save({"model": official}, tmp_path / "good.pt")
+    write_gpt2_bpe(str(tmp_path / "bpe"), [])
+    assert main([str(tmp_path / "good.pt"), str(tmp_path / "out"), "--bpe-dir", str(tmp_path / "bpe")]) == 2
+    assert f"more than the checkpoint's {VOCAB} text embeddings" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main([str(tmp_path / "good.pt"), str(tmp_path / "out"), "--bpe-dir", str(tmp_path)]) == 2
+    assert "no dict.txt" in capsys.readouterr().err
 
 
 def test_reads_fairseq_objects_as_placeholders_and_refuses_others(tmp_path, monkeypatch):
@@ -360,3 +324,25 @@ def test_one_table_per_layer_gives_unshared_reversed_tables(official):
         for n in range(L):
             theirs = per_layer[f"encoder_wrapper.{m}_adapter.rel_pos_table_list.{n}.weight"]
             assert torch.equal(ours[n], torch.cat([theirs[:-3].flip(0), theirs[-3:]]))
+
+
+def test_the_released_size_maps_onto_the_onepeace_4b_preset():
+    """Shapes only (meta tensors): the official 4B layout infers the onepeace-4b preset's sizes."""
+    from onepeace.config import model_config
+    from onepeace.integrations.official import infer_config, mapping
+
+    released = OfficialSize(d=1536, heads=24, layers=40, ffn=6144, vocab=50264, text_buckets=256, audio_buckets=512,
+                            grid=16, conv=512, pos_convs=5, pos_kernel=19, pos_groups=16, dec_d=768, dec_layers=2,
+                            dec_ffn=2048)
+    sd = {k: torch.empty(shape, device="meta") for k, shape in official_shapes(released).items()}
+    config = infer_config(sd)
+    preset = model_config("onepeace-4b")
+    fields = ("embed_dim", "depth", "num_heads", "ffn_dim", "image_size", "audio_conv_dim", "audio_pos_conv_layers",
+              "audio_pos_conv_kernel", "audio_pos_conv_groups", "text_rel_buckets", "audio_rel_buckets",
+              "rel_max_distance", "decoder_dim", "decoder_depth", "decoder_heads", "decoder_ffn_dim", "max_text_tokens",
+              "max_audio_frames")
+    assert {f: getattr(config, f) for f in fields} == {f: getattr(preset, f) for f in fields}
+    with torch.device("meta"):
+        own = OnePeace(config).state_dict()
+    for ours, (names, combine) in mapping(config).items():
+        assert combine(*[sd[n] for n in names]).shape == own[ours].shape, ours

@@ -62,7 +62,7 @@ def check_batch(kind: str, b: dict, size: int, eval: bool = False) -> None:
         if "pair_image_keep" in b:
             assert b["pair_image_keep"].shape == (size, 5)  # 11 masked
             for k, pk in zip(b["image_keep"].tolist(), b["pair_image_keep"].tolist()):
-                assert set(k) <= set(pk)
+                assert not set(k) & set(pk)  # the pair sees none of the patches the image-only view sees
     if "audio" in b:
         audio, pad = b["audio"], b["audio_padding_mask"]
         assert audio.dtype == torch.float32 and pad.dtype == torch.bool and audio.shape == pad.shape
@@ -286,7 +286,7 @@ def test_config_is_strict_and_validated(corpus):
     with pytest.raises(ConfigError, match="data.train.mixed.kind"):
         from_dict(DataConfig, {"train": {"mixed": {"sources": [{"shards": "x"}]}}}, "data")
     with pytest.raises(ConfigError, match="pair_image"):
-        from_dict(DataConfig, {"masks": {"pair_image": 0.9}}, "data")
+        from_dict(DataConfig, {"masks": {"pair_image": 0.2}}, "data")
     cfg = from_dict(DataConfig, {"train": {"captions": {"kind": "text", "sources": [{"shards": "x"}]}}}, "data")
     assert cfg.train["captions"].kind == "text" and cfg.masks.audio_span == 5
 
@@ -298,6 +298,11 @@ def test_wrong_shard_kind_and_small_model_vocab_are_named(corpus):
     cfg = config(corpus, train={"text": {"sources": src(corpus["audio-text"])}})
     with pytest.raises(ValueError, match="vocab_size"):
         build_train_loader(cfg, model_config("tiny", vocab_size=50), rank=0, world_size=1)
+    # 16 patches: the image view keeps 16 - int(11.2) = 5, more than the pair's int(4.8) = 4 masked ones.
+    cfg = config(corpus, train={"image-text": {"sources": src(corpus["image-text"])}},
+                 masks={"image": 0.7, "pair_image": 0.3})
+    with pytest.raises(ConfigError, match="task image-text: .* must mask all 5 that the image-only view keeps"):
+        build_train_loader(cfg, MODEL, rank=0, world_size=1)
 
 
 def test_shard_specs_with_braces(corpus):

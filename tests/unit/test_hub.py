@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from data_tools.train_tokenizer import main as train_tokenizer
 from onepeace.config import ConfigError, model_config, to_dict
 from onepeace.model import OnePeace
 from onepeace.runs import load_model
@@ -56,9 +57,10 @@ def test_older_exports_still_load_and_convert(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     torch.save(model.state_dict(), old / "model.pt")
-    (old / "tokenizer").mkdir()
-    (old / "tokenizer" / "tok.model").write_bytes(b"sentencepiece model bytes")
-    (old / "tokenizer" / "tokenizer.json").write_text(json.dumps({"model_file": "tok.model", "pad_id": 0}))
+    (tmp_path / "corpus.txt").write_text("a red circle on grey\ntwo small blue squares\na tone getting louder\n" * 30)
+    assert train_tokenizer(["--text-file", str(tmp_path / "corpus.txt"), "--out", str(old / "tokenizer" / "tok"),
+                            "--vocab-size", "40"]) == 0
+    os.replace(old / "tokenizer" / "tok.json", old / "tokenizer" / "tokenizer.json")
     (old / "config.yaml").write_text(yaml.safe_dump({"model": to_dict(model.config),
                                                      "tokenizer": "tokenizer/tokenizer.json"}))
     assert same_weights(model, OnePeace.from_pretrained(str(old)))
@@ -66,7 +68,7 @@ def test_older_exports_still_load_and_convert(tmp_path):
     assert export_main([str(old), str(tmp_path / "new")]) == 0
     new = tmp_path / "new"
     assert {"config.json", "model.safetensors", "tokenizer"} <= set(os.listdir(new))
-    assert (new / "tokenizer" / "tok.model").read_bytes() == b"sentencepiece model bytes"
+    assert (new / "tokenizer" / "tok.model").read_bytes() == (old / "tokenizer" / "tok.model").read_bytes()
     converted = load_model(str(new))
     assert same_weights(model, converted.model) and converted.tokenizer == str(new / "tokenizer" / "tokenizer.json")
     assert json.loads((new / "config.json").read_text())["source"] == {"export": str(old)}
@@ -83,5 +85,5 @@ def test_broken_exports_name_the_file(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "depth": 3}))
     with pytest.raises(RuntimeError, match="encoder.layers.2"):
         OnePeace.from_pretrained(str(tmp_path / "m"))
-    with pytest.raises(ValueError, match="extra may hold tokenizer, source, not step"):
+    with pytest.raises(ValueError, match="extra may hold tokenizer, source, conversion, not step"):
         OnePeace(model_config("tiny")).save_pretrained(str(tmp_path / "x"), extra={"step": 3})

@@ -93,3 +93,81 @@ def test_cli_refuses_a_non_empty_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path)])
     assert "--force" in capsys.readouterr().err and (tmp_path / "x").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The other families: glyphs (letters; Morse code) and patterns (textures; telephone keys)
+# --------------------------------------------------------------------------------------------------
+
+from data_tools import demo_glyphs, demo_patterns  # noqa: E402
+from data_tools.make_demo import FAMILIES  # noqa: E402
+
+
+@pytest.mark.parametrize("family", ["glyphs", "patterns"])
+def test_family_corpus_builds_with_distinct_held_out_captions(family, tmp_path):
+    out = str(tmp_path / family)
+    paths = make_demo(out, family=family, train_size=12, val_size=40, image_px=64, workers=1, log=lambda msg: None)
+    for split in ("image-text/val", "audio-text/val", "text/train"):
+        assert verify(paths[split], progress=False, out=io.StringIO()) == 0, split
+    media = FAMILIES[family]
+    for modality, names in (("image", media.IMAGE_LABELS), ("audio", media.AUDIO_LABELS)):
+        val = rows(out, modality, "val")
+        assert len(val) == 40 and len({r[2] for r in val}) == 40
+        assert all(r[3] in names for r in val)
+    assert open(paths["labels_audio"]).read().split("\n")[:-1] == list(media.AUDIO_LABELS)
+
+
+def test_cli_builds_a_named_family(tmp_path):
+    assert main(["--out", str(tmp_path / "p"), "--family", "patterns", "--train-size", "4", "--val-size", "4",
+                 "--image-px", "64", "--workers", "1"]) == 0
+    assert "telephone" in open(tmp_path / "p" / "raw" / "text_train.txt").read() or \
+        "dials" in open(tmp_path / "p" / "raw" / "text_train.txt").read() or \
+        "phone" in open(tmp_path / "p" / "raw" / "text_train.txt").read()
+    with pytest.raises(ValueError, match="unknown demo family"):
+        make_demo(str(tmp_path / "q"), family="nope")
+
+
+def test_glyph_images_show_the_named_colour_and_morse_has_the_named_timing():
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        image, caption, char = demo_glyphs.make_image(rng, 64)
+        assert f" {char}" in f" {caption}"
+        colour = next(c for c in demo_glyphs.COLOURS if f" {c} " in f" {caption.replace(',', ' ')} ")
+        pixels = np.asarray(image).reshape(-1, 3).astype(int)
+        assert (np.abs(pixels - np.array(demo_glyphs.COLOURS[colour])).max(axis=1) <= 20).sum() >= 12, caption
+    for _ in range(30):
+        wave, caption, letter = demo_glyphs.make_audio(rng, 16000)
+        assert 1.0 <= wave.size / 16000 <= 2.0 and np.abs(wave).max() <= 1.0
+        assert f" {letter}" in caption
+        on = np.convolve(np.abs(wave) > 0.1, np.ones(16), "same") > 0  # beeping, ignoring zero crossings
+        beeps = int((np.diff(on.astype(int)) == 1).sum())
+        letters = [w for w in caption.replace(",", " ").split() if len(w) == 1 and w in demo_glyphs.MORSE]
+        assert beeps == sum(len(demo_glyphs.MORSE[x]) for x in letters), caption
+        spectrum = np.abs(np.fft.rfft(wave))
+        peak = np.fft.rfftfreq(wave.size, 1 / 16000)[spectrum.argmax()]
+        pitch = next(p for p in demo_glyphs.PITCHES if f" {p} " in f" {caption.replace(',', ' ')} ")
+        assert abs(peak / demo_glyphs.PITCHES[pitch] - 1) < 0.06, caption
+
+
+def test_pattern_colours_and_key_tones_are_as_named():
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        image, caption, texture = demo_patterns.make_image(rng, 64)
+        assert texture in caption
+        pixels = np.asarray(image).reshape(-1, 3).astype(int)
+        for colour in (c for c in demo_patterns.COLOURS if f" {c} " in f" {caption.replace(',', ' ')} "):
+            assert (np.abs(pixels - np.array(demo_patterns.COLOURS[colour])).max(axis=1) <= 30).mean() > 0.05, caption
+    for _ in range(20):
+        wave, caption, first = demo_patterns.make_audio(rng, 16000)
+        assert 1.0 <= wave.size / 16000 <= 2.0
+        names = [demo_patterns.KEY_NAMES.get(k, k) for k in demo_patterns.KEYS]
+        keys = [w for w in caption.replace(",", " ").split() if w in names]
+        assert keys[0] == first and 2 <= len(keys) <= 4
+        # the first press holds exactly its row and column frequencies
+        key = demo_patterns.KEYS[names.index(first)]
+        row, col = demo_patterns.ROWS[demo_patterns.KEYS.index(key) // 3], demo_patterns.COLUMNS[demo_patterns.KEYS.index(key) % 3]
+        start = int(np.argmax(np.abs(wave) > 0.05))
+        burst = wave[start : start + 1200]  # 75 ms: inside the first press at either pace
+        spectrum = np.abs(np.fft.rfft(burst, 16000))
+        top = sorted(np.argsort(spectrum)[-2:])
+        assert abs(top[0] - row) < 15 and abs(top[1] - col) < 15, caption

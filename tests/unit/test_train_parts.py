@@ -4,12 +4,15 @@ checkpoint selection, warm start and freezing, parameter groups, the step object
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
 
 from onepeace.config import ConfigError, model_config
+from onepeace.losses import denoising_loss, target_positions
 from onepeace.model import OnePeace
+from onepeace.model.adapters import audio_frame_count
 from onepeace.recipe import build_recipe, load_recipe, shipped_recipes
 from onepeace import runs
 from onepeace.train import checkpoint
@@ -217,13 +220,44 @@ def test_stage2_warm_start_and_freezing(tmp_path):
     assert stage2.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     trainable, frozen = freeze_all_but(stage2, recipe.train.trainable)
     names = {n for n, p in stage2.named_parameters() if p.requires_grad}
-    assert all(n.startswith(("adapters.audio.", "decoder.", "encoder.final_norm.audio.", "proj.audio."))
-               or ".ffn.audio." in n for n in names)
-    assert "encoder.layers.0.ffn.audio.wi.weight" in names and "adapters.text.token_embed.weight" not in names
-    assert "encoder.layers.0.attn.qkv.weight" not in names and "logit_scale" not in names
     groups = param_groups(stage2, 0.05)
     assert sum(len(g["params"]) for g in groups) == len(names)  # frozen parameters are not optimised
     assert trainable + frozen == sum(p.numel() for p in stage2.parameters())
+
+
+def reference_stage2_trainable(name: str) -> bool:
+    """The reference's stage 2, in this model's names: the encoder (adapters, shared layers, per-modality
+    FFNs and norms, bias tables) and the text projection are frozen; then the audio adapter (which holds
+    the audio relative position bias table), the audio final norm and every layer's audio FFN train
+    again. Everything outside the encoder trains: the audio projection, the logit scale and the whole
+    decoder (its input and output projections, mask tokens, positions, layers)."""
+    audio_adapter = name.startswith("adapters.audio.") or name == "rel_bias.tables.audio"
+    audio_ffn = re.fullmatch(r"encoder\.layers\.\d+\.ffn\.audio\..+", name) is not None
+    return (audio_adapter or audio_ffn or name.startswith(("encoder.final_norm.audio.", "proj.audio.", "decoder."))
+            or name == "logit_scale")
+
+
+def test_stage2_trains_exactly_what_the_reference_trains():
+    recipes = {n: load_recipe(n).train for n in shipped_recipes() if n.startswith("stage2")}
+    assert recipes
+    tiny = next(iter(recipes.values()))
+    for name, train in recipes.items():  # every size trains the same parts
+        assert (train.trainable, train.reset, train.init_exclude) == (tiny.trainable, tiny.reset, tiny.init_exclude), \
+            name
+    model = OnePeace(model_config("tiny", modalities=["text", "audio"]))
+    freeze_all_but(model, tiny.trainable)
+    names = [n for n, _ in model.named_parameters()]
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(filter(reference_stage2_trainable, names))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"rel_bias.tables.audio", "logit_scale", "decoder.mask_token.audio", "decoder.mask_token.text",
+            "adapters.audio.pos_conv.0.0.weight", "encoder.layers.1.ffn.audio.wi.weight"} <= trained
+    assert not {"rel_bias.tables.text", "adapters.text.token_embed.weight", "encoder.layers.0.attn.qkv.weight",
+                "encoder.layers.0.gamma1", "encoder.layers.0.ffn.text.wi.weight", "encoder.final_norm.text.weight",
+                "proj.text.weight"} & trained
+    model.unshare_rel_bias()  # per-layer tables keep their names, so the same patterns still hold
+    freeze_all_but(model, tiny.trainable)
+    assert model.rel_bias.tables["audio"].requires_grad and not model.rel_bias.tables["text"].requires_grad
+    assert tiny.reset == ["logit_scale"] and tiny.init_exclude == ["*audio*"]
 
 
 def test_warm_start_refuses_missing_parameters(tmp_path):
@@ -285,6 +319,69 @@ def test_stage1_terms_and_weights():
     torch.testing.assert_close(total.detach(), expected)
     total.backward()
     assert model.logit_scale.grad is not None and model.decoder.mask_token["image"].grad.abs().sum() > 0
+
+
+def audio_text_batch(B=3, seconds=1):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(3, 1000, (B, 6), generator=g)
+    tokens[1, 3:] = 0
+    frames = audio_frame_count(16000 * seconds)
+
+    def keep(ratio):
+        return torch.stack([torch.randperm(frames, generator=g)[: int(frames * (1 - ratio))].sort().values
+                            for _ in range(B)])
+
+    audio = torch.randn(B, 16000 * seconds, generator=g)
+    return {"audio": audio, "audio_padding_mask": torch.zeros(audio.shape, dtype=torch.bool), "text_tokens": tokens,
+            "text_padding_mask": tokens == 0, "text_keep": torch.tensor([[0, 1, 3], [0, 2, -1], [1, 3, 5]]),
+            "audio_keep": keep(0.55), "pair_text_keep": torch.tensor([[2, -1], [1, -1], [0, 5]]),
+            "pair_audio_keep": keep(0.45)}
+
+
+@pytest.mark.parametrize("kind, other, target_view", [("audio-text", "audio", "pair"), ("image-text", "image", "alone")])
+def test_single_view_dcl_target_stage2_from_the_unmasked_pair_stage1_from_the_modality_alone(kind, other,
+                                                                                              target_view):
+    """Stage 2's audio-only DCL target is the audio part of the unmasked audio-text pair forward; stage 1's
+    image-only target is the image-only forward. Recomputed by hand from the model's public calls."""
+    model = OnePeace(model_config("tiny", modalities=["text", other])).eval()  # eval: no drop path on either side
+    with torch.no_grad():  # full-strength attention, so the text visibly moves the other modality's tokens
+        for name, p in model.named_parameters():
+            if ".gamma" in name:
+                p.fill_(1.0)  # (LayerScale 1e-6 would make the pair and lone outputs all but equal)
+            if name.startswith("encoder.") and ("attn.qkv." in name or "attn.out_proj.weight" in name):
+                p.mul_(50.0)
+    batch = audio_text_batch() if other == "audio" else image_text_batch()
+    objective = PretrainObjective(model, {"pairs": kind}, LossWeights())
+    calls = []
+    forward_encoder = model.forward_encoder
+
+    def counting_forward_encoder(**kw):
+        calls.append((tuple(sorted(kw["adapted"])), tuple(k for k in kw if k.endswith("_keep"))))
+        return forward_encoder(**kw)
+
+    model.forward_encoder = counting_forward_encoder
+    with torch.no_grad():
+        _, terms = objective({"pairs": batch})
+    del model.forward_encoder
+    assert calls.count(((other, "text"), ())) == 1  # one unmasked pair forward serves every term that reads it
+
+    raw = {"audio": {"audio": batch.get("audio"), "audio_padding_mask": batch.get("audio_padding_mask")},
+           "image": {"image": batch.get("images")}}[other]
+    with torch.no_grad():
+        pair = model.forward_encoder(text=batch["text_tokens"], text_padding_mask=batch["text_padding_mask"], **raw)
+        alone = model.forward_encoder(**raw)
+        masked = model.forward_encoder(**raw, **{f"{other}_keep": batch[f"{other}_keep"]})[other]
+        pred = model.decode({other: masked})[other]
+    valid = target_positions(masked.full_padding_mask, pred.shape[0], pred.shape[1], pred.device)
+
+    def dcl(target):
+        return denoising_loss(pred, target.tokens, masked.masked_positions(), valid)
+
+    by_hand = {"pair": dcl(pair[other]), "alone": dcl(alone[other])}
+    # Random predictions make the loss only mildly sensitive to its target: the two candidates differ by
+    # ~1e-3 or more, far beyond the float noise of recomputing the same one (~1e-6).
+    assert (by_hand["pair"] - by_hand["alone"]).abs() > 1e-4
+    torch.testing.assert_close(terms[f"pairs/dcl_{other}"], by_hand[target_view], rtol=0, atol=1e-5)
 
 
 def test_zero_weights_skip_their_terms():
