@@ -108,7 +108,8 @@ def prepare(args: argparse.Namespace, dist: dist_utils.DistEnv) -> Job:
     if kind not in KINDS:
         raise EvalError(f"{args.data} holds {kind} shards; evaluation reads {', '.join(KINDS)} (choose with --kind)")
     classifier = Classifier.from_file(args.labels, args.template or default_template(kind)) if args.labels else None
-    loaded = load_model(args.model, **EVAL_RUNTIME)
+    with _stdout_to_stderr():  # loading a run's checkpoint imports DeepSpeed, which logs to stdout
+        loaded = load_model(args.model, **EVAL_RUNTIME)
     name = args.data
     check_supported(loaded.model.config, kind, name, classifier is not None)
     tokenizer = _tokenizer(args, loaded, kind, classifier is not None)

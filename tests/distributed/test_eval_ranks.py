@@ -1,5 +1,6 @@
 """Two real ranks (gloo) x two DataLoader workers over real shards: evaluation embeds each sample exactly
-once, every rank ends with all rows in the same order, and the numbers equal a single-process run.
+once, every rank ends with all rows (and every caption of each) in the same order, and the numbers equal
+a single-process run.
 
 25 samples in shards of 4 split 13/12 over the ranks; with batches of 3 from two workers rank 0 has 5
 batches (7 + 6 samples) and rank 1 has 4 (6 + 6), so rank 1 must join rank 0's last forward with a
@@ -17,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unit"))
 
-from data_fixtures import make_image_text, make_tokenizer  # noqa: E402
+from data_fixtures import build, caption, make_tokenizer, write_image  # noqa: E402
 
 from onepeace.config import from_dict, model_config  # noqa: E402
 from onepeace.data import DataConfig, Tokenizer, build_eval_loader  # noqa: E402
@@ -44,7 +45,26 @@ def evaluate_twice(model, spec: dict, world_size: int) -> dict:
                              kind="image-text", device=CPU, tokenizer=tokenizer,
                              classifier=Classifier.from_file(spec["labels"], "a photo of {}"))
     return {"local": local.ids, "expected": stream.num_samples, "ids": rows.ids, "labels": rows.labels,
-            "emb": rows.emb, "metrics": result.metrics, "samples": result.samples}
+            "emb": rows.emb, "metrics": result.metrics, "samples": result.samples, "text_owner": rows.text_owner,
+            "captions": rows.captions, "caption_rows": result.captions}
+
+
+def make_multi_caption(root: str, n: int, per_shard: int) -> str:
+    """Sample i (id it-i) has 1 + i % 3 captions; the last caption of it-3 repeats it-0's (a shared caption)."""
+    lines = []
+    for i in range(n):
+        write_image(os.path.join(root, "media", f"it{i}.png"), 36 + i % 9, 28 + i % 7, seed=i)
+        texts = [caption(10 * i + j) for j in range(1 + i % 3)]
+        if i == 3:
+            texts[-1] = caption(0)
+        lines.append(json.dumps({"id": f"it-{i}", "image": f"media/it{i}.png", "texts": texts, "label": f"class{i % 3}"}))
+    manifest = os.path.join(root, "it.jsonl")
+    with open(manifest, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    out = os.path.join(root, "shards", "it")
+    assert build("--manifest", manifest, "--out", out, "--samples-per-shard", str(per_shard), "--workers", "1",
+                 "--columns", "id=id,image=image,text=texts,label=label") == 0
+    return out
 
 
 def rank_main(spec_path: str) -> None:
@@ -62,7 +82,7 @@ def rank_main(spec_path: str) -> None:
 
 def test_two_ranks_embed_each_sample_once_and_match_one_process(tmp_path):
     root = str(tmp_path)
-    shards = make_image_text(root, 25, per_shard=4, name="it")
+    shards = make_multi_caption(root, 25, per_shard=4)
     labels = tmp_path / "classes.txt"
     labels.write_text("class0\nclass1\nclass2\n")
     torch.manual_seed(3)
@@ -102,6 +122,11 @@ def test_two_ranks_embed_each_sample_once_and_match_one_process(tmp_path):
         torch.testing.assert_close(ranks[0]["emb"][m], single["emb"][m], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ranks[1]["emb"][m], ranks[0]["emb"][m], rtol=0, atol=0)
     assert ranks[0]["metrics"] == ranks[1]["metrics"] == single["metrics"]
+    # Every caption once, after its sample, the same on every rank: 25 samples with 1, 2, 3, 1, 2, 3... captions.
+    assert single["caption_rows"] == ranks[0]["caption_rows"] == sum(1 + i % 3 for i in range(25)) == 49
+    assert ranks[0]["text_owner"] == ranks[1]["text_owner"] == single["text_owner"]
+    assert ranks[0]["captions"] == single["captions"] and single["emb"]["text"].shape[0] == 49
+    assert single["text_owner"][:3] == ["it-0", "it-1", "it-1"]
     assert set(single["metrics"]) == {f"{d}/R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)} | {
         "classification/top1", "classification/top3"}
 

