@@ -10,7 +10,7 @@ EXTRAS ?= dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,xformers)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: venv test demo clean-venv
+.PHONY: venv test lint demo clean-venv
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): $(PY) setup.cfg pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# pyflakes and pycodestyle's error classes (pyproject.toml [tool.ruff]); no style rules.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Builds the demo corpus, pretrains the tiny model through the deepspeed launcher, evaluates it.
 demo: $(STAMP)

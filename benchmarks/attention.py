@@ -107,8 +107,8 @@ def main(argv=None) -> dict:
         for backend in backends:
             try:
                 out = run_once(backend, case, dtype)
-                seconds = time_it(lambda: run_once(backend, case, dtype), device, args.warmup, args.repeats)
-                mem = peak_memory(lambda: run_once(backend, case, dtype), device)
+                seconds = time_it(lambda backend=backend, case=case: run_once(backend, case, dtype), device, args.warmup, args.repeats)
+                mem = peak_memory(lambda backend=backend, case=case: run_once(backend, case, dtype), device)
                 saved = SavedBytes(exclude=[t for t in case if t is not None])
                 run_once(backend, case, dtype, saved)
             except Exception as exc:  # noqa: BLE001 - report and go on with the other backends

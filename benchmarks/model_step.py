@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
     for kind in args.kinds.split(","):
         inputs = make_inputs(config, kind, batch, device)
 
-        def step():
+        def step(inputs=inputs):
             model.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp != torch.float32):
                 out = model.forward_encoder(**inputs)

@@ -14,7 +14,7 @@ import os
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml

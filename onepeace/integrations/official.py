@@ -74,7 +74,9 @@ class ConversionError(ValueError):
 
 def _placeholder(full_name: str) -> type:
     module, _, name = full_name.rpartition(".")
-    swallow = lambda self, *a, **k: None  # accepts whatever the pickle builds into it
+    def swallow(self, *args, **kwargs) -> None:  # accepts whatever the pickle builds into it
+        return None
+
     cls = type(name, (), {m: swallow for m in ("__init__", "__setstate__", "__call__", "__setitem__", "append",
                                                  "extend")})
     cls.__module__, cls.__qualname__ = module, name

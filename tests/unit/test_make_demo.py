@@ -8,8 +8,6 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
-from PIL import Image
 
 from data_tools import demo_media
 from data_tools.make_demo import main, make_demo
