@@ -190,7 +190,10 @@ class AudioAdapter(nn.Module):
         frames are zeroed before every conv so that a clip's features do not depend on how much padding
         its batch has."""
         keep = None if frame_pad is None else (~frame_pad)[:, None, :].to(x.dtype)
-        h = x.transpose(1, 2)
+        # A copy, not a view: a view taken under no_grad of features that require grad (the views of a
+        # batch share the feature extractor, the unmasked targets run without gradient) would require grad
+        # without a grad_fn, which module hooks such as FlopCounterMode's cannot handle.
+        h = x.transpose(1, 2).clone(memory_format=torch.contiguous_format)
         for block in self.pos_conv:
             h = block(h if keep is None else h * keep)
         return h.transpose(1, 2)

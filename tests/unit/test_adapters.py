@@ -193,3 +193,19 @@ def test_masked_audio_view_equals_a_plain_restatement(cfg):
     expected = model.forward_encoder(adapted={"audio": AdapterOutput(by_hand, None)}, audio_keep=keep)
     got = model.forward_encoder(audio=audio, audio_keep=keep)
     torch.testing.assert_close(got["audio"].tokens, expected["audio"].tokens)
+
+
+def test_unpadded_audio_view_without_grad_runs_under_module_hooks(cfg):
+    """The trainer counts FLOPs of its first step under FlopCounterMode, whose module hooks reject a tensor
+    that requires grad without a grad_fn. The unmasked target of unpadded audio, computed under no_grad
+    from adapter features that require grad, used to feed the position convs such a view."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = OnePeace(cfg)
+    adapted = model.adapt(audio=torch.randn(2, 16000))  # equal lengths: no padding mask at all
+    with FlopCounterMode(display=False):
+        with torch.no_grad():
+            target = model.forward_encoder(adapted=adapted)["audio"].tokens
+        masked = model.forward_encoder(adapted=adapted, audio_keep=torch.tensor([[0, 3, 7], [1, 2, 9]]))
+        masked["audio"].tokens.sum().backward()
+    assert not target.requires_grad
