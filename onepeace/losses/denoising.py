@@ -48,4 +48,8 @@ def denoising_loss(pred: Tensor, target: Tensor, masked: Tensor, target_valid: T
     dtype = torch.promote_types(pred.dtype, torch.float32)
     q = F.normalize(pred[masked].to(dtype), dim=-1)
     k = F.normalize(target.detach()[target_valid].to(dtype), dim=-1)
-    return F.cross_entropy(q @ k.T / temperature, labels, label_smoothing=label_smoothing)
+    # The reference smooths as fairseq does: the positive keeps 1 - eps and each of the other N - 1 keys
+    # gets eps / (N - 1). PyTorch spreads its smoothing over all N keys, so it is given eps * N / (N - 1).
+    num_keys = k.shape[0]
+    smoothing = label_smoothing * num_keys / (num_keys - 1) if num_keys > 1 else 0.0
+    return F.cross_entropy(q @ k.T / temperature, labels, label_smoothing=smoothing)

@@ -105,7 +105,10 @@ def dcl_by_hand(pred, target, masked, valid, temperature, smoothing):
             log_z = math.log(sum(math.exp(v) for v in logits))
             nll = [log_z - v for v in logits]
             positive = keys.index((i, n))
-            losses.append((1 - smoothing) * nll[positive] + smoothing * sum(nll) / len(nll))
+            others = [v for k, v in enumerate(nll) if k != positive]
+            # fairseq's label smoothing, as the reference's criterion: the positive keeps 1 - eps, each
+            # other key gets eps / (number of keys - 1).
+            losses.append((1 - smoothing) * nll[positive] + smoothing * sum(others) / len(others))
     return sum(losses) / len(losses)
 
 
