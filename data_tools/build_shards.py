@@ -142,18 +142,6 @@ def merge_parser() -> argparse.ArgumentParser:
         description="Write one index.json and rejects.jsonl over several build folders (for example the parts "
                     "of a --num-splits build). Shards stay where they are; paths in the merged index are "
                     "relative to --out.")
-    p.add_argument("--layout", choices=LAYOUTS, default=None,
-                   help="the manifest's layout (default: detected from its suffix and header): wavcaps (WavCaps "
-                        "JSON), clotho (Clotho CSV, 5 captions per file), audiocaps (AudioCaps CSV, with "
-                        "--audio-pattern), onepeace (official ONE-PEACE TSVs), columns (any tsv/csv/jsonl with "
-                        "--columns); without one, our own columns id, image, audio, text, label")
-    p.add_argument("--columns", metavar="OURS=THEIRS,...", default=None,
-                   help="read our columns from differently named ones, e.g. image=filepath,text=title (other "
-                        "columns are ignored); a JSON list in the text column gives several captions")
-    p.add_argument("--audio-pattern", metavar="PATTERN", default=None,
-                   help="where each clip's file is, relative to --root, for wavcaps, clotho and audiocaps: the "
-                        "layout's fields in braces and glob wildcards, e.g. 'Y{youtube_id}*.wav' or "
-                        "'{stem}.flac' (default: wavcaps '{stem}.flac', clotho '{file_name}')")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged index.json (not one of the parts)")
     p.add_argument("parts", nargs="+", metavar="PART_DIR", help="build folders, each holding an index.json")
     return p
