@@ -7,6 +7,7 @@ blocks are in flight, so a manifest of millions of rows never sits in memory at 
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
 from collections import deque
 from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -27,7 +28,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
         return
     it = iter(items)
     block_size = chunksize * workers * 2
-    with mp.get_context("fork").Pool(workers, initializer, initargs) as pool:
+    with mp.get_context("fork").Pool(workers, _worker_start, (initializer, initargs)) as pool:
         pending: deque = deque()
 
         def submit() -> None:
@@ -41,3 +42,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int,
             block, result = pending.popleft()
             submit()
             yield from zip(block, result.get())
+
+
+def _worker_start(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    """A forked worker starts with the default SIGTERM and SIGUSR1 actions. It would otherwise inherit the
+    handlers of a parent that runs the trainer in the same process, which only note the signal: then the
+    pool's terminate() (SIGTERM) never ends the worker and the build hangs at its end."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    if initializer is not None:
+        initializer(*initargs)
+
