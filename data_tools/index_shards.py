@@ -27,7 +27,7 @@ from collections import Counter
 import braceexpand
 from tqdm import tqdm
 
-from data_tools.indexes import write_index
+from data_tools.indexes import make_index, write_index
 from data_tools.parallel import ordered_map
 from data_tools.shard_scan import (
     CAPTION_CANDIDATES,
@@ -37,8 +37,7 @@ from data_tools.shard_scan import (
     scan_shard,
     usable_count,
 )
-from onepeace import __version__
-from onepeace.data.formats import FORMAT_VERSION, KIND_MODALITIES, KINDS
+from onepeace.data.formats import KIND_MODALITIES, KINDS
 from onepeace.data.layout import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -173,22 +172,11 @@ def index_shards(paths: list[str], out_dir: str, *, name: str, kind: str | None 
     if not entries or not sum(e["samples"] for e in entries):
         listed = "; ".join(f"{u['path']}: {u['error']}" for u in unreadable[:3])
         raise IndexError_(f"no readable samples in {len(paths)} shard(s){': ' + listed if listed else ''}")
-    index = {
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "name": name,
-        "shards": entries,
-        "total_samples": sum(e["samples"] for e in entries),
-        "total_bytes": sum(e["bytes"] for e in entries),
-        "members": layout.to_json(),
-        "settings": {},
-        "source": {"indexed_by": "index_shards", "sizes": _sizes_origin(paths, sizes, unreadable)},
-        "problems": {"unreadable_shards": unreadable, **dict(problems), "examples": examples},
-        "rejected": {},
-        "build_seconds": round(time.monotonic() - start, 3),
-        "tool_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    index = make_index(kind=kind, name=name, shards=entries, settings={},
+                       source={"indexed_by": "index_shards", "sizes": _sizes_origin(paths, sizes, unreadable)},
+                       rejected={}, build_seconds=time.monotonic() - start)
+    index["members"] = layout.to_json()
+    index["problems"] = {"unreadable_shards": unreadable, **dict(problems), "examples": examples}
     write_index(index_dir, index)
     _report(index, index_dir, log)
     return index
