@@ -21,6 +21,7 @@ from .. import distributed as dist_utils
 from ..files import atomic_write
 from ..runs import COMPLETE, checkpoint_files, checkpoint_problem, complete_tags, tag_for
 from ..safe_load import CheckpointFileError, weights_only_loading
+from . import elastic
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, where: str) ->
 
 
 def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_config: ModelConfig,
-         keep_last: int, rank: int) -> str:
+         keep_last: int, rank: int, batch: elastic.BatchPlan | None = None) -> str:
     tag = tag_for(step)
     path = os.path.join(ckpt_dir, tag)
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -62,6 +63,7 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_c
     if os.path.isdir(path):  # saving over an older save of this step (a run resumed from before it)
         if rank == 0 and os.path.exists(os.path.join(path, COMPLETE)):
             os.remove(os.path.join(path, COMPLETE))  # until the new save is whole, it is not complete
+            shutil.rmtree(elastic.universal_dir(path), ignore_errors=True)  # converted from the old save
         dist_utils.barrier()
     engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
     torch.save(capture_rng(), os.path.join(path, f"rng_rank{rank:05d}.pt"))
@@ -71,6 +73,7 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_c
     if rank == 0:
         marker = {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.time() - start,
                   "model": to_dict(model_config), "world_size": dist_utils.world_size(),
+                  "batch": batch.record() if batch else None,  # what an elastic resume keeps
                   "files": checkpoint_files(path)}  # what a damaged copy is checked against
         atomic_write(os.path.join(path, COMPLETE), json.dumps(marker, indent=2))
         atomic_write(os.path.join(ckpt_dir, "latest"), tag)
@@ -86,14 +89,13 @@ def load(engine, ckpt_dir: str, tag: str, model_config: ModelConfig, rank: int) 
     with open(os.path.join(path, COMPLETE), encoding="utf-8") as f:
         marker = json.load(f)
     check_compatible(marker["model"], model_config, path)
-    if marker.get("world_size") not in (None, dist_utils.world_size()):
-        log.warning("checkpoint %s was saved with %s ranks, resuming with %s: DeepSpeed reshapes the optimizer "
-                    "state; the data order will differ from an uninterrupted run", path, marker["world_size"],
-                    dist_utils.world_size())
-    with weights_only_loading():  # DeepSpeed's own torch.load calls included
-        loaded, client_state = engine.load_checkpoint(ckpt_dir, tag=tag)
-    if loaded is None:
-        raise CheckpointFileError(path, "DeepSpeed could not load this checkpoint (see its warning above)")
+    if elastic.needs_universal(path, marker, dist_utils.world_size()):  # ZeRO partitions of another world size
+        client_state = elastic.load_universal(engine, path)
+    else:
+        with weights_only_loading():  # DeepSpeed's own torch.load calls included
+            loaded, client_state = engine.load_checkpoint(ckpt_dir, tag=tag)
+        if loaded is None:
+            raise CheckpointFileError(path, "DeepSpeed could not load this checkpoint (see its warning above)")
     rng_file = os.path.join(path, f"rng_rank{rank:05d}.pt")
     if os.path.isfile(rng_file):
         restore_rng(torch.load(rng_file, weights_only=True))

@@ -21,7 +21,7 @@ from ..data.shards import ShardSpecError
 from ..data.tokenizer import TokenizerError
 from ..recipe import Recipe, dump_recipe, load_recipe, shipped_recipes
 from .. import distributed as dist_utils, runs
-from . import checkpoint
+from . import checkpoint, elastic
 from .engine import load_ds_config, resolve_ds_config
 from .signals import StopRequest
 
@@ -110,8 +110,24 @@ def check_run_dir(run_dir: str) -> None:
         raise ConfigError(f"--run-dir {run_dir}: {parent} is a file, not a directory")
 
 
+def plan_batch(recipe: Recipe, resume: checkpoint.Resume | None,
+               world_size: int) -> tuple[elastic.BatchPlan, str | None]:
+    """This launch's grad_accum: the recipe's, or on another number of ranks than the checkpoint's, the one
+    that keeps its global batch (see :func:`elastic.plan_batch`); sets it in ``recipe.train``."""
+    saved = None
+    if resume is not None:
+        try:
+            saved = elastic.saved_plan(elastic.read_marker(os.path.join(resume.ckpt_dir, resume.tag)))
+        except (OSError, ValueError):
+            saved = None  # unreadable: the load names the damage (and falls back)
+    plan, note = elastic.plan_batch(saved, recipe.train.grad_accum, micro_batch_size(recipe), world_size)
+    recipe.train.grad_accum = plan.grad_accum
+    return plan, note
+
+
 def prepare(args: argparse.Namespace, where: dict | None = None
-            ) -> tuple[Recipe, dict, str, tuple[str, str] | None, dist_utils.DistEnv]:
+            ) -> tuple[Recipe, dict, str, checkpoint.Resume | None, dist_utils.DistEnv,
+                       tuple[elastic.BatchPlan, str | None]]:
     """Everything that can fail on bad input, before any process group starts. ``where`` learns the run
     directory as soon as it is known, so that an error after that can go to its log.txt too."""
     where = {} if where is None else where
@@ -126,11 +142,12 @@ def prepare(args: argparse.Namespace, where: dict | None = None
         raise ConfigError(f"{recipe.source}: data.train names no tasks")
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     ds_raw, ds_source = load_ds_config(args.deepspeed_config)
+    resume = resolve_resume(args.resume, run_dir)
+    batch = plan_batch(recipe, resume, dist.world_size)
     ds = resolve_ds_config(ds_raw, recipe.train, micro_batch=micro_batch_size(recipe), world_size=dist.world_size,
                            device_type=device_type, source=ds_source)
     check_data(recipe.data, recipe.model)
-    resume = resolve_resume(args.resume, run_dir)
-    return recipe, ds, run_dir, resume, dist
+    return recipe, ds, run_dir, resume, dist, batch
 
 
 def log_early_error(message: str, where: dict) -> None:
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     where: dict = {}
     try:
-        recipe, ds, run_dir, resume, dist = prepare(args, where)
+        recipe, ds, run_dir, resume, dist, batch = prepare(args, where)
     except (ConfigError, ShardSpecError, TokenizerError, FileNotFoundError, ValueError) as exc:
         message = " ".join(str(exc).split("\n"))  # one line
         print(f"onepeace-pretrain: error: {message}", file=sys.stderr)
@@ -163,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     device = dist_utils.device_for(dist)
     dist_utils.init(dist, recipe.train.dist_timeout_s)
     try:
-        return _train(recipe, ds, run_dir, resume, dist, device, stop)
+        return _train(recipe, ds, run_dir, resume, dist, device, stop, batch)
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
@@ -171,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         dist_utils.shutdown()
 
 
-def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -> int:
+def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop, batch) -> int:
     from ..eval.periodic import build_periodic_eval
     from ..model import OnePeace
     from .trainer import Trainer
@@ -182,6 +199,9 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
         log.info("run %s: recipe %s, %d rank(s) via %s, device %s, ZeRO stage %s, %s", run_dir, recipe.source,
                  dist.world_size, dist.launcher, device.type, ds.get("zero_optimization", {}).get("stage", 0),
                  recipe.train.precision)
+    plan, note = batch
+    if note:
+        log.warning("%s", note)
     if recipe.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
@@ -192,7 +212,7 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
     log.info("model: %s parameters trainable, %s frozen", f"{trainable:,}", f"{frozen:,}")
     torch.manual_seed(recipe.train.seed * 1000 + dist.rank)  # per-rank dropout and drop path
     trainer = Trainer(recipe, ds, run_dir, dist, device, model, resume,
-                      evaluate=build_periodic_eval(recipe, dist, device), stop=stop)
+                      evaluate=build_periodic_eval(recipe, dist, device), stop=stop, batch=plan)
     start = time.time()
     outcome = trainer.run()
     trainer.stream.close()

@@ -24,7 +24,7 @@ from ..model import OnePeace
 from ..model.accounting import device_peak_tflops
 from ..recipe import Recipe
 from .. import distributed as dist_utils
-from . import checkpoint
+from . import checkpoint, elastic
 from ..distributed import DistEnv
 from .engine import initialize
 from .metrics import TrainMetrics, count_samples, count_tokens
@@ -46,7 +46,7 @@ class Trainer:
     def __init__(self, recipe: Recipe, ds_config: dict[str, Any], run_dir: str, dist: DistEnv,
                  device: torch.device, model: OnePeace, resume_from: checkpoint.Resume | None,
                  evaluate: Callable[[OnePeace, int], dict[str, float]] | None = None,
-                 stop: StopRequest | None = None) -> None:
+                 stop: StopRequest | None = None, batch: elastic.BatchPlan | None = None) -> None:
         self.recipe, self.run_dir, self.dist, self.device = recipe, run_dir, dist, device
         self.train = recipe.train
         self.ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -57,12 +57,14 @@ class Trainer:
         self.metrics = TrainMetrics(run_dir, dist.is_main, device, device_peak_tflops(device))
         self.evaluate = evaluate
         self.stop = stop or StopRequest()
+        self.batch = batch
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_total = 0
         # Micro-batches drawn from the stream of data segment ``segment``: more than steps x grad_accum once
         # a non-finite one was skipped, so a checkpoint records it for the resume to skip exactly as many.
         self._data_position: dict[str, int] | None = None
+        self._segment_offset = 0  # segments started early by elastic resumes (segment = step // seg + offset)
         self._nan_at_step = _test_nonfinite_step()
         if resume_from is not None:
             tag = checkpoint.first_intact(resume_from.ckpt_dir, resume_from.candidates(), device)
@@ -72,9 +74,28 @@ class Trainer:
             self.nonfinite_total = int(state.get("nonfinite_total", 0))
             self.metrics.flops_per_step = state.get("flops_per_step")  # counting would perturb the next step
             self._data_position = state.get("data_position")
+            self._segment_offset = int(state.get("segment_offset", 0))
             log.info("resumed from %s at step %d", os.path.join(resume_from.ckpt_dir, tag), self.step)
+            marker = elastic.read_marker(os.path.join(resume_from.ckpt_dir, tag))
+            if batch is not None and elastic.topology_changed(marker, batch):
+                self._start_next_segment()
         self.stream = build_train_loader(recipe.data, recipe.model, rank=dist.rank, world_size=dist.world_size)
         self._bad_samples_before = 0
+
+    def _start_next_segment(self) -> None:
+        """After a change of ranks or grad_accum the saved data position (per rank, in micro-batches) means
+        nothing: the rest of the interrupted segment is skipped and the next one starts (new seeds), so no
+        sample of it is seen twice. At a segment boundary nothing is skipped."""
+        seg = self.train.data_segment_steps
+        if self.step % seg == 0:
+            self._data_position = None
+            return
+        self._segment_offset += 1
+        segment = self.step // seg + self._segment_offset
+        self._data_position = {"segment": segment, "micro_batches": 0}
+        log.warning("elastic resume: data segment %d was cut at step %d (its per-rank stream positions do not "
+                    "apply to this topology); segment %d starts now, the rest of %d is skipped", segment - 1,
+                    self.step, segment, segment - 1)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -83,14 +104,14 @@ class Trainer:
         seg = self.train.data_segment_steps
         per_step = self.train.grad_accum
         while True:
-            segment = self.step // seg
+            segment = self.step // seg + self._segment_offset
             saved = self._data_position
             if saved is not None and saved.get("segment") == segment:
                 skip = int(saved["micro_batches"])  # recorded by the checkpoint: exact after skipped ones
             elif saved is not None:
                 skip = 0  # the checkpoint ended its segment: this one starts afresh
             else:
-                skip = (self.step - segment * seg) * per_step  # a checkpoint from before data positions
+                skip = (self.step % seg) * per_step  # a checkpoint from before data positions
             self._data_position = {"segment": segment, "micro_batches": skip}
             self._bad_samples_before += self.stream.bad_samples
             self.stream.bad_samples = 0
@@ -101,17 +122,18 @@ class Trainer:
             for micro in iterator:
                 self._data_position["micro_batches"] += 1
                 yield micro
-                if self.step // seg != segment:
+                if self.step // seg + self._segment_offset != segment:
                     break
 
     def _client_state(self) -> dict[str, Any]:
         return {"step": self.step, "samples_seen": self.samples_seen, "nonfinite_total": self.nonfinite_total,
                 "flops_per_step": self.metrics.flops_per_step, "recipe": self.recipe.name,
-                "data_position": dict(self._data_position) if self._data_position else None}
+                "data_position": dict(self._data_position) if self._data_position else None,
+                "segment_offset": self._segment_offset}
 
     def save(self) -> None:
         checkpoint.save(self.engine, self.ckpt_dir, self.step, self._client_state(), self.recipe.model,
-                        self.train.keep_last, self.dist.rank)
+                        self.train.keep_last, self.dist.rank, self.batch)
 
     # ---------------------------------------------------------------------------------------------
 
