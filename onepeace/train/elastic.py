@@ -247,8 +247,22 @@ def load_universal(engine, path: str) -> dict[str, Any]:
         engine._config.load_universal_checkpoint = False
     if loaded is None:
         raise CheckpointFileError(folder, "DeepSpeed could not load this universal checkpoint (see its warning above)")
+    if engine.zero_optimization_partition_weights():
+        restore_group_settings(engine, folder)
     restore_frozen(engine, path)
     return client_state or {}
+
+
+def restore_group_settings(engine, folder: str) -> None:
+    """DeepSpeed's ZeRO-3 universal load gives every parameter group the first group's settings, so the
+    group without weight decay would get the decay of the first: put back each group's own, as saved."""
+    with weights_only_loading():
+        saved = torch.load(os.path.join(folder, "zero", "optimizer_state.pt"), map_location="cpu")["param_groups"]
+    groups = engine.optimizer.optimizer.param_groups
+    if len(saved) != len(groups):
+        raise CheckpointFileError(folder, f"has {len(saved)} optimizer parameter groups, this run {len(groups)}")
+    for group, own in zip(groups, saved):
+        group.update({k: v for k, v in own.items() if k != "params"})
 
 
 def restore_frozen(engine, path: str) -> None:

@@ -240,9 +240,13 @@ def _test_nonfinite_step() -> int | None:
 
 def _logit_scale(model: OnePeace) -> float:
     p = model.logit_scale
-    if hasattr(p, "ds_tensor"):  # ZeRO-3 partitioned
+    if hasattr(p, "ds_tensor"):  # ZeRO-3
         import deepspeed
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-        with deepspeed.zero.GatheredParameters([p]):
-            return float(p.detach().reshape(-1)[0])
+        # A persistent (small) parameter is whole already: gathering would partition it on exit, and the next
+        # forward would then fetch it out of the order ZeRO-3 traced ("tracing error" after a universal load).
+        if p.ds_status != ZeroParamStatus.AVAILABLE:
+            with deepspeed.zero.GatheredParameters([p]):
+                return float(p.detach().reshape(-1)[0])
     return float(p.detach().reshape(-1)[0])

@@ -42,10 +42,23 @@ def run_until_saved(cmd, log):
     return log.read_text()
 
 
-def adam_steps(path) -> set[int]:
-    """The Adam step counts held in a checkpoint's optimizer partitions (weights-only loading)."""
+def optimizer_states(path) -> list[dict]:
     from onepeace.safe_load import weights_only_loading
 
+    with weights_only_loading():
+        return [torch.load(file, map_location="cpu")["optimizer_state_dict"]
+                for file in elastic.partitioned_files(str(path))]
+
+
+def weight_decays(path) -> list[float]:
+    """Each AdamW group's weight decay as a checkpoint's first optimizer partition holds it."""
+    state = optimizer_states(path)[0]
+    inner = state.get("base_optimizer_state") or state["optimizer_state_dict"]  # ZeRO-1/2, ZeRO-3
+    return [group["weight_decay"] for group in inner["param_groups"]]
+
+
+def adam_steps(path) -> set[int]:
+    """The Adam step counts held in a checkpoint's optimizer partitions."""
     found = set()
 
     def walk(obj):
@@ -59,9 +72,8 @@ def adam_steps(path) -> set[int]:
             for v in obj:
                 walk(v)
 
-    with weights_only_loading():
-        for file in elastic.partitioned_files(str(path)):
-            walk(torch.load(file, map_location="cpu")["optimizer_state_dict"])
+    for state in optimizer_states(path):
+        walk(state)
     return found
 
 
@@ -98,6 +110,7 @@ def test_resume_on_another_number_of_ranks_continues_the_run(tmp_path, demo_corp
 
     # The Adam state came along both times: its step count is the run's, not the steps since a resume.
     assert adam_steps(ckpts / f"step{STEPS:08d}") == {STEPS}
+    assert weight_decays(ckpts / f"step{STEPS:08d}") == weight_decays(ckpts / "step00000004") == [0.05, 0.0]
     # The schedule and the samples counted follow the uninterrupted run's, step for step.
     lrs, seen = scalars(run_dir, "train/lr"), scalars(run_dir, "train/samples_seen")
     assert sorted(lrs) == list(range(1, STEPS + 1))
