@@ -187,11 +187,22 @@ def consolidate(checkpoint: str) -> dict[str, torch.Tensor]:
 
         try:
             state = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
+            state.update(_frozen_in_model_states(checkpoint, state))
         except CheckpointFileError:
             raise
         except (ValueError, FileNotFoundError, KeyError) as exc:  # files missing or not what they should be
             raise CheckpointFileError(checkpoint, f"cannot be consolidated ({exc})") from None
     return {k[len(ENGINE_PREFIX):] if k.startswith(ENGINE_PREFIX) else k: v for k, v in state.items()}
+
+
+def _frozen_in_model_states(checkpoint: str, found: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parameters outside the optimizer (frozen by ``train.trainable``) that ZeRO-1 saves only whole, in
+    its model-states file (``zero_to_fp32`` reads frozen ones from ZeRO-2/3 partitions alone)."""
+    path = os.path.join(checkpoint, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(path):  # ZeRO-3 names its files per rank, and saves frozen fragments
+        return {}
+    module = torch.load(path, map_location="cpu")["module"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in module.items() if k not in found}
 
 
 def warm_start(model: OnePeace, path: str, exclude: Sequence[str] = (), reset: Sequence[str] = ()) -> dict:

@@ -11,6 +11,7 @@ Three things tie a checkpoint to the launch that wrote it, and each is handled h
   conversion and the load run inside :func:`~onepeace.safe_load.weights_only_loading`, like every other
   checkpoint load of this project. Parameters outside the optimizer (frozen by ``train.trainable``) are
   not in a universal checkpoint's optimizer groups: they are restored from the checkpoint's own weights.
+  Under ZeRO-3 two slips of DeepSpeed's load are undone (see :func:`repair_zero3_optimizer`).
 * **The global batch.** ``micro batch x grad_accum x ranks`` is recorded with each checkpoint.
   :func:`plan_batch` keeps it on another number of ranks by choosing ``grad_accum`` (2 ranks x 1 ->
   1 rank x 2), unless ``train.grad_accum`` itself was changed since (then the new value is used, and a
@@ -248,14 +249,15 @@ def load_universal(engine, path: str) -> dict[str, Any]:
     if loaded is None:
         raise CheckpointFileError(folder, "DeepSpeed could not load this universal checkpoint (see its warning above)")
     if engine.zero_optimization_partition_weights():
-        restore_group_settings(engine, folder)
+        repair_zero3_optimizer(engine, folder)
     restore_frozen(engine, path)
     return client_state or {}
 
 
-def restore_group_settings(engine, folder: str) -> None:
-    """DeepSpeed's ZeRO-3 universal load gives every parameter group the first group's settings, so the
-    group without weight decay would get the decay of the first: put back each group's own, as saved."""
+def repair_zero3_optimizer(engine, folder: str) -> None:
+    """Undo two slips of DeepSpeed's ZeRO-3 universal load: it gives every parameter group the first
+    group's settings (the group without weight decay would get the decay of the first), and one shared
+    Adam step tensor to all sub-groups (each update would then count once per sub-group)."""
     with weights_only_loading():
         saved = torch.load(os.path.join(folder, "zero", "optimizer_state.pt"), map_location="cpu")["param_groups"]
     groups = engine.optimizer.optimizer.param_groups
@@ -263,6 +265,10 @@ def restore_group_settings(engine, folder: str) -> None:
         raise CheckpointFileError(folder, f"has {len(saved)} optimizer parameter groups, this run {len(groups)}")
     for group, own in zip(groups, saved):
         group.update({k: v for k, v in own.items() if k != "params"})
+    state = engine.optimizer.optimizer.state
+    for flat in engine.optimizer.fp32_partitioned_groups_flat:
+        if torch.is_tensor(state.get(flat, {}).get("step")):
+            state[flat]["step"] = state[flat]["step"].clone()
 
 
 def restore_frozen(engine, path: str) -> None:
@@ -273,7 +279,7 @@ def restore_frozen(engine, path: str) -> None:
         return
     import deepspeed
 
-    state = saved_weights(path, zero3=engine.zero_optimization_partition_weights())
+    state = saved_weights(path)
     missing = [name for name, _ in frozen if name not in state]
     if missing:
         raise CheckpointFileError(path, f"lacks {len(missing)} frozen parameters (e.g. {', '.join(missing[:3])})")
@@ -286,10 +292,6 @@ def restore_frozen(engine, path: str) -> None:
     log.info("elastic resume: restored %d frozen parameters from %s", len(frozen), path)
 
 
-def saved_weights(path: str, zero3: bool) -> dict[str, torch.Tensor]:
-    """Every parameter of a checkpoint under the engine's names (``model.`` ...). ZeRO-1/2 keep whole
-    weights in the model-states file; ZeRO-3 partitions them (frozen ones as fragments): consolidated."""
-    if zero3:
-        return {ENGINE_PREFIX + k: v for k, v in consolidate(path).items()}
-    with weights_only_loading():
-        return torch.load(os.path.join(path, "mp_rank_00_model_states.pt"), map_location="cpu")["module"]
+def saved_weights(path: str) -> dict[str, torch.Tensor]:
+    """Every parameter of a checkpoint, full and fp32, under the engine's names (``model.`` ...)."""
+    return {ENGINE_PREFIX + k: v for k, v in consolidate(path).items()}
