@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from typing import Collection
+from typing import Callable, Collection, ContextManager
 
 import torch
 import yaml
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import value_checks
 from ..config import MODALITIES, ModelConfig, from_dict, load_yaml, to_dict
 from ..ops.attention import AttentionBias, compute_dtype, flex_compiles, resolve_backend
 from ..ops.norm import is_layer_norm
@@ -54,37 +56,46 @@ class OnePeace(nn.Module):
     # Initialisation
     # ---------------------------------------------------------------------------------------------
 
-    def reset_parameters(self, only: Collection[str] | None = None) -> None:
+    def reset_parameters(self, only: Collection[str] | None = None,
+                         gather: Callable[[list[nn.Parameter]], ContextManager] | None = None) -> None:
         """Linear and embedding weights: truncated normal (std and cut-off 0.02); all biases 0; LayerNorm 1/0;
         CLS, position and mask tokens like linear weights; relative tables 0; LayerScale at its init;
-        the logit scale at ln(1/0.07). ``only``: re-initialise just these parameter names."""
+        the logit scale at ln(1/0.07). ``only``: re-initialise just these parameter names. ``gather``:
+        a context that makes the given parameters whole while they are written (ZeRO-3 partitions them);
+        the values and the order random numbers are drawn in are the same with or without it."""
 
         def wanted(name: str) -> bool:
             return only is None or name in only
 
+        gather = gather or (lambda params: contextlib.nullcontext())
         for prefix, module in self.named_modules():
             prefix = f"{prefix}." if prefix else ""
             weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-            if isinstance(module, (nn.Linear, nn.Embedding)) and wanted(prefix + "weight"):
-                _trunc_normal(weight)
-            elif is_layer_norm(module) and weight is not None and wanted(prefix + "weight"):
-                nn.init.ones_(weight)
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
-                if isinstance(bias, torch.Tensor) and wanted(prefix + "bias"):
-                    nn.init.zeros_(bias)  # conv weights keep PyTorch's fan-in init
+            direct = list(module.parameters(recurse=False))
+            if not direct:
+                continue
+            with gather(direct):
+                if isinstance(module, (nn.Linear, nn.Embedding)) and wanted(prefix + "weight"):
+                    _trunc_normal(weight)
+                elif is_layer_norm(module) and weight is not None and wanted(prefix + "weight"):
+                    nn.init.ones_(weight)
+                if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
+                    if isinstance(bias, torch.Tensor) and wanted(prefix + "bias"):
+                        nn.init.zeros_(bias)  # conv weights keep PyTorch's fan-in init
         with torch.no_grad():
             for name, param in self.named_parameters():
                 leaf = name.rsplit(".", 1)[-1]
                 if not wanted(name):
                     continue
-                if leaf in ("cls_token", "pos_embed", "cls_pos") or name.startswith("decoder.mask_token"):
-                    _trunc_normal(param)
-                elif leaf in ("q_bias", "v_bias") or name.startswith("rel_bias.tables"):
-                    param.zero_()
-                elif leaf in ("gamma1", "gamma2"):
-                    param.fill_(self.config.layer_scale_init)
-                elif name == "logit_scale":
-                    param.fill_(LOGIT_SCALE_INIT)
+                with gather([param]):
+                    if leaf in ("cls_token", "pos_embed", "cls_pos") or name.startswith("decoder.mask_token"):
+                        _trunc_normal(param)
+                    elif leaf in ("q_bias", "v_bias") or name.startswith("rel_bias.tables"):
+                        param.zero_()
+                    elif leaf in ("gamma1", "gamma2"):
+                        param.fill_(self.config.layer_scale_init)
+                    elif name == "logit_scale":
+                        param.fill_(LOGIT_SCALE_INIT)
 
     # ---------------------------------------------------------------------------------------------
     # Saving and loading
@@ -240,9 +251,11 @@ class OnePeace(nn.Module):
             raise ValueError(f"{modality}_keep has batch size {keep.shape[0]}, the {modality} input has {B}")
         if keep.shape[1] > n:
             raise ValueError(f"{modality}_keep keeps {keep.shape[1]} tokens but the {modality} input has only {n}")
-        if keep.numel() and not keep.is_meta and (int(keep.min()) < -1 or int(keep.max()) >= n):
-            raise ValueError(f"{modality}_keep indices must be in [0, {n}) (or -1 for padding slots); got "
-                             f"values from {int(keep.min())} to {int(keep.max())}")
+        if keep.numel() and not keep.is_meta and value_checks():
+            lo, hi = int(keep.min()), int(keep.max())
+            if lo < -1 or hi >= n:
+                raise ValueError(f"{modality}_keep indices must be in [0, {n}) (or -1 for padding slots); got "
+                                 f"values from {lo} to {hi}")
         keep = keep.long()
         idx = keep.clamp(min=0)
         content = tokens[:, 1:].gather(1, idx[..., None].expand(-1, -1, D))

@@ -18,14 +18,15 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..data import build_train_loader
+from ..checks import set_value_checks
+from ..data import StreamPosition, build_train_loader
 from ..losses import LOGIT_SCALE_MAX
 from ..model import OnePeace
 from ..model.accounting import device_peak_tflops
 from ..recipe import Recipe
 from . import checkpoint, distributed as dist_utils
 from .distributed import DistEnv
-from .engine import initialize
+from .engine import initialize, skips_nonfinite_steps
 from .metrics import TrainMetrics, count_samples, count_tokens
 from .objective import PretrainObjective
 from .signals import StopRequest
@@ -41,6 +42,14 @@ def to_device(step: dict[str, dict], device: torch.device) -> dict[str, dict]:
             for task, batch in step.items()}
 
 
+def poison_nonfinite(loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` itself when finite (times 1.0: bit-identical values and gradients); otherwise NaN
+    everywhere, so every gradient it reaches is NaN and the engine's own per-update check drops the
+    update on every rank. Decided on the device: the host never waits for the loss."""
+    ok = torch.isfinite(loss)
+    return loss * torch.where(ok, torch.ones_like(loss), torch.full_like(loss, float("nan")))
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, ds_config: dict[str, Any], run_dir: str, dist: DistEnv,
                  device: torch.device, model: OnePeace, resume_from: tuple[str, str] | None,
@@ -53,12 +62,15 @@ class Trainer:
         kinds = {name: task.kind for name, task in recipe.data.train.items()}
         self.objective = PretrainObjective(model, kinds, self.train.loss_weights)
         self.engine, self.optimizer, self.scheduler = initialize(self.objective, ds_config, self.train)
+        self.engine_skips_nonfinite = skips_nonfinite_steps(ds_config)
+        set_value_checks(self.train.debug_checks)  # batches come validated from the data pipeline
         self.metrics = TrainMetrics(run_dir, dist.is_main, device, device_peak_tflops(device))
         self.evaluate = evaluate
         self.stop = stop or StopRequest()
         self.step = 0
         self.samples_seen = 0
         self.nonfinite_total = 0
+        state: dict[str, Any] = {}
         if resume_from is not None:
             state = checkpoint.load(self.engine, *resume_from, recipe.model, dist.rank)
             self.step = int(state.get("step", 0))
@@ -67,27 +79,43 @@ class Trainer:
             self.metrics.flops_per_step = state.get("flops_per_step")  # counting would perturb the next step
             log.info("resumed from %s at step %d", os.path.join(*resume_from), self.step)
         self.stream = build_train_loader(recipe.data, recipe.model, rank=dist.rank, world_size=dist.world_size)
+        saved_position = state.get("rank_state", {}).get("data_position")
+        self._resume_position = StreamPosition.from_dict(saved_position) if saved_position else None
         self._bad_samples_before = 0
 
     # ---------------------------------------------------------------------------------------------
 
     def _batches(self):
-        """Micro-batches from the current step on, restarting the stream at every segment boundary."""
+        """Micro-batches from the current step on, restarting the stream at every segment boundary. A
+        resume continues the segment from the stream position saved in the checkpoint (nothing already
+        consumed is decoded again); without one it decodes and drops the consumed micro-batches."""
         seg = self.train.data_segment_steps
         per_step = self.train.grad_accum
         while True:
             segment = self.step // seg
-            skip = (self.step - segment * seg) * per_step
             self._bad_samples_before += self.stream.bad_samples
             self.stream.bad_samples = 0
-            self.stream.set_epoch(segment)
+            resume, self._resume_position = self._usable_position(segment), None
+            self.stream.set_epoch(segment, resume)
             iterator = iter(self.stream)
-            for _ in range(skip):
-                next(iterator)
+            if resume is None:
+                for _ in range((self.step - segment * seg) * per_step):
+                    next(iterator)
             for micro in iterator:
                 yield micro
                 if self.step // seg != segment:
                     break
+
+    def _usable_position(self, segment: int) -> StreamPosition | None:
+        saved = self._resume_position
+        if saved is None or saved.micro_batches == 0:
+            return None
+        if saved.epoch != segment or saved.workers != self.stream.position().workers:
+            log.warning("the checkpoint's data position (segment %d, %d workers) does not fit this run (segment %d, "
+                        "%d workers): re-reading the segment's consumed batches instead", saved.epoch, saved.workers,
+                        segment, self.stream.position().workers)
+            return None
+        return saved
 
     def _client_state(self) -> dict[str, Any]:
         return {"step": self.step, "samples_seen": self.samples_seen, "nonfinite_total": self.nonfinite_total,
@@ -95,12 +123,18 @@ class Trainer:
 
     def save(self) -> None:
         checkpoint.save(self.engine, self.ckpt_dir, self.step, self._client_state(), self.recipe.model,
-                        self.train.keep_last, self.dist.rank)
+                        self.train.keep_last, self.dist.rank,
+                        rank_state={"data_position": self.stream.position().to_dict()})
 
     # ---------------------------------------------------------------------------------------------
 
     def run(self) -> str:
-        """Train to ``train.steps``; returns "finished" or "stopped" (signal)."""
+        """Train to ``train.steps``; returns "finished" or "stopped" (signal).
+
+        A step never waits for the device except on logging, evaluation, checkpoint and signal-check
+        steps: losses are summed on the device and read when logged; non-finite losses are left to the
+        engine's own per-update gradient check (see :func:`poison_nonfinite`), whose verdict is host state.
+        """
         total = self.train.steps
         if self.step >= total:
             log.info("nothing to do: already at step %d of %d", self.step, total)
@@ -112,7 +146,8 @@ class Trainer:
         self.engine.train()
         while self.step < total:
             start = time.perf_counter()
-            data_s, done, terms_sum, loss_sum, samples, tokens = 0.0, 0, {}, 0.0, 0, 0
+            data_s, done, samples, tokens = 0.0, 0, 0, 0
+            window: dict[str, torch.Tensor] = {}  # this update's loss sums, on the device
             while done < self.train.grad_accum:
                 t0 = time.perf_counter()
                 micro = next(batches)
@@ -123,33 +158,31 @@ class Trainer:
                 counter = FlopCounterMode(display=False) if self.metrics.flops_per_step is None else None
                 with counter or contextlib.nullcontext():
                     loss, terms = self.engine(micro)
-                    finite = not dist_utils.any_rank(not bool(torch.isfinite(loss)), self.device)
-                    if finite:
+                    if self.engine_skips_nonfinite:
+                        self.engine.backward(poison_nonfinite(loss))
+                    elif dist_utils.any_rank(not bool(torch.isfinite(loss)), self.device):
+                        # fp32 without ZeRO applies any gradient: this engine needs the check on the host
+                        nonfinite_in_a_row = self._nonfinite(nonfinite_in_a_row, {"total": loss, **terms},
+                                                             "micro-batch")
+                        continue
+                    else:
                         self.engine.backward(loss)
-                if counter is not None and finite:  # FLOPs of one forward+backward, counted once
+                if counter is not None:  # FLOPs of one forward+backward, counted once
                     self.metrics.flops_per_step = counter.get_total_flops() * self.train.grad_accum
-                if not finite:
-                    self.nonfinite_total += 1
-                    nonfinite_in_a_row += 1
-                    log.warning("non-finite loss at step %d (%s); skipping this micro-batch", self.step,
-                                {k: float(v) for k, v in terms.items()})
-                    if nonfinite_in_a_row >= self.train.max_nonfinite_in_a_row:
-                        raise NonFiniteLossError(
-                            f"{nonfinite_in_a_row} non-finite losses in a row at step {self.step}: the run diverged "
-                            "or the data is broken. Lower train.lr, check the data, or resume from an earlier "
-                            "checkpoint")
-                    continue
-                nonfinite_in_a_row = 0
                 self.engine.step()
                 done += 1
-                loss_sum += float(loss.detach())
-                for k, v in terms.items():
-                    terms_sum[k] = terms_sum.get(k, 0.0) + float(v)
-            self.step += 1
+                for k, v in {"total": loss, **terms}.items():
+                    v = v.detach()
+                    window[k] = v if k not in window else window[k] + v
             self.samples_seen += samples * self.dist.world_size
+            if self.engine_skips_nonfinite and not self.engine.was_step_applied():
+                nonfinite_in_a_row = self._nonfinite(nonfinite_in_a_row, window, "update")
+                continue
+            nonfinite_in_a_row = 0
+            self.step += 1
             step_s = time.perf_counter() - start
-            self.metrics.record(loss_sum / done, {k: v / done for k, v in terms_sum.items()}, samples, tokens,
-                                step_s, data_s)
+            mean = {k: v / done for k, v in window.items()}
+            self.metrics.record(mean.pop("total"), mean, samples, tokens, step_s, data_s)
             if self.step == 1 or self.step % self.train.log_every == 0 or self.step == total:
                 self._log()
             if self.evaluate is not None and self.train.eval_every and self.step % self.train.eval_every == 0:
@@ -157,15 +190,33 @@ class Trainer:
                 last_eval = self.step
             if self.step % self.train.save_every == 0 and self.step < total:
                 self.save()
-            if dist_utils.any_rank(self.stop.signum is not None, self.device):
-                name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
-                log.warning("received %s: saving a checkpoint at step %d and exiting", name, self.step)
-                self.save()
+            if self.step % self.train.signal_check_every == 0 and self._stop_requested():
                 return "stopped"
         self.save()
         if self.evaluate is not None and last_eval != self.step:
             self._evaluate()
         return "finished"
+
+    def _nonfinite(self, in_a_row: int, losses: dict[str, torch.Tensor], what: str) -> int:
+        """Count a skipped micro-batch or update (reading its losses is fine: this is the rare path)."""
+        self.nonfinite_total += 1
+        in_a_row += 1
+        log.warning("non-finite loss or gradients at step %d (%s); skipping this %s", self.step + 1,
+                    {k: float(v) for k, v in losses.items()}, what)
+        if in_a_row >= self.train.max_nonfinite_in_a_row:
+            raise NonFiniteLossError(
+                f"{in_a_row} non-finite losses in a row at step {self.step + 1}: the run diverged or the data is "
+                "broken. Lower train.lr, check the data, or resume from an earlier checkpoint")
+        return in_a_row
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got a stop signal; if so, checkpoint. All ranks ask at the same steps."""
+        if not dist_utils.any_rank(self.stop.signum is not None, self.device):
+            return False
+        name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
+        log.warning("received %s: saving a checkpoint at step %d and exiting", name, self.step)
+        self.save()
+        return True
 
     def _log(self) -> None:
         model = self.engine.module.model
