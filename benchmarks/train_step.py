@@ -122,13 +122,28 @@ def measure(args, preset: str, checkpointing: bool, device) -> dict:
         one()
     synchronize(device)
     seconds = (time.perf_counter() - start) / args.steps
+    syncs = None
+    if args.sync_check:  # the same steps again, every host wait recorded with its site
+        from benchmarks._syncs import HostSyncCounter
+
+        with HostSyncCounter() as counter:
+            for _ in range(args.steps):
+                one()
+        syncs = {}
+        for e in counter.events:
+            key = f"{e['kind']}: {e['owner']} {e['site']}"
+            syncs[key] = syncs.get(key, 0) + 1 / args.steps
+        print_table(["host wait (per step)", "count"], sorted(syncs.items()) or [["none", 0]],
+                    f"host waits per {preset} step ({'set_sync_debug_mode + ' if device.type == 'cuda' else ''}"
+                    "value reads)")
     peak = args.peak_tflops or device_peak_tflops(device)
     tflops = flops / seconds / 1e12
     return dict(preset=preset, engine=f"deepspeed zero{args.zero}" if use_ds else "torch",
                 checkpointing=checkpointing, batch=args.batch, precision=args.precision,
                 backend=module.model.backend_for(device), step_s=seconds, samples_per_s=args.batch / seconds,
                 tflops=tflops, mfu=tflops / peak if peak else None,
-                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                syncs=syncs)
 
 
 def main(argv=None) -> dict:
@@ -146,6 +161,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--sync-check", action="store_true",
+                   help="repeat the steps recording every host wait (value reads; on CUDA set_sync_debug_mode too)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = pick_device(args.device)
