@@ -24,7 +24,7 @@ from ..losses import LOGIT_SCALE_MAX
 from ..model import OnePeace
 from ..model.accounting import device_peak_tflops
 from ..recipe import Recipe
-from . import checkpoint, distributed as dist_utils
+from . import checkpoint, distributed as dist_utils, zero3
 from .distributed import DistEnv
 from .engine import initialize, skips_nonfinite_steps
 from .metrics import TrainMetrics, count_samples, count_tokens
@@ -62,6 +62,7 @@ class Trainer:
         kinds = {name: task.kind for name, task in recipe.data.train.items()}
         self.objective = PretrainObjective(model, kinds, self.train.loss_weights)
         self.engine, self.optimizer, self.scheduler = initialize(self.objective, ds_config, self.train)
+        zero3.register_outside_forward(self.objective, model)
         self.engine_skips_nonfinite = skips_nonfinite_steps(ds_config)
         set_value_checks(self.train.debug_checks)  # batches come validated from the data pipeline
         self.metrics = TrainMetrics(run_dir, dist.is_main, device, device_peak_tflops(device))
@@ -232,17 +233,13 @@ class Trainer:
 
     def _evaluate(self) -> None:
         self.engine.eval()
-        with torch.no_grad():
-            results = self.evaluate(self.engine.module.model, self.step)
+        model = self.engine.module.model
+        with torch.no_grad(), zero3.gathered(zero3.outside_forward(model), modifier_rank=None):
+            results = self.evaluate(model, self.step)
         self.engine.train()
         self.metrics.scalars(self.step, results)
 
 
 def _logit_scale(model: OnePeace) -> float:
-    p = model.logit_scale
-    if hasattr(p, "ds_tensor"):  # ZeRO-3 partitioned
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([p]):
-            return float(p.detach().reshape(-1)[0])
-    return float(p.detach().reshape(-1)[0])
+    with zero3.gathered([model.logit_scale], modifier_rank=None):
+        return float(model.logit_scale.detach().reshape(-1)[0])

@@ -55,3 +55,22 @@ def initialize(model: nn.Module) -> None:
     if any(is_partitioned(p) for p in model.parameters()):
         with torch.no_grad():
             model.reset_parameters(gather=gathered)
+
+
+def outside_forward(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters the model reads outside the ``forward`` of the module that owns them: the logit scale
+    (the objective reads it) and the relative bias tables (``forward_encoder`` reads them before the
+    layers). ZeRO-3 fetches a module's parameters in its forward hooks, so these need help."""
+    return [model.logit_scale, *model.rel_bias.parameters()]
+
+
+def register_outside_forward(objective: nn.Module, model: nn.Module) -> None:
+    """Training: have ZeRO-3 fetch those parameters with the objective, whose forward the engine calls.
+    (Below ``stage3_param_persistence_threshold`` they are never partitioned anyway; this keeps them
+    right at any threshold.)"""
+    params = [p for p in outside_forward(model) if is_partitioned(p)]
+    if params:
+        from deepspeed.zero import register_external_parameter
+
+        for p in params:
+            register_external_parameter(objective, p)
