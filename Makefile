@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # DeepSpeed JIT-compiles small ops on first use; keep them with the environment.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
+# xformers (a CUDA attention backend) only where CUDA exists: CPU machines never download it.
+EXTRAS ?= dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,xformers)
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
@@ -18,7 +20,7 @@ $(PY):
 
 $(STAMP): $(PY) setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -c constraints.txt -e '.[dev,xformers]'
+	$(PY) -m pip install -c constraints.txt -e '.[$(EXTRAS)]'
 	$(PY) -m pip check
 	touch $(STAMP)
 

@@ -81,7 +81,7 @@ class TorchEngine:
 
 
 def deepspeed_engine(module, train: TrainConfig, zero: int, batch: int, device):
-    from onepeace.train import distributed
+    from onepeace import distributed
     from onepeace.train.engine import initialize, resolve_ds_config
 
     if not torch.distributed.is_initialized():

@@ -22,6 +22,7 @@ import tempfile
 sys.path.insert(0, __file__.rsplit("/", 2)[0])  # run from a plain checkout
 
 from benchmarks._common import print_table, write_json  # noqa: E402
+from onepeace.distributed import free_port  # noqa: E402
 
 GIB = 2**30
 
@@ -65,7 +66,7 @@ def worker(args) -> None:
     from benchmarks.train_step import make_step
     from onepeace.config import model_config
     from onepeace.model import OnePeace
-    from onepeace.train import distributed, zero3
+    from onepeace import distributed, zero3
     from onepeace.train.config import LossWeights, TrainConfig
     from onepeace.train.engine import initialize, resolve_ds_config
     from onepeace.train.objective import PretrainObjective
@@ -110,7 +111,7 @@ def main(argv=None) -> dict:
     out = tempfile.mkdtemp(prefix="zero-memory-")
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     for stage in args.stages.split(","):
-        subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_port()), __file__, "--worker",
+        subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), __file__, "--worker",
                         "--preset", args.preset, "--batch", str(args.batch), "--stage", stage, "--out", out],
                        check=True)
     results = [json.load(open(os.path.join(out, f))) for f in sorted(os.listdir(out))]
@@ -123,14 +124,6 @@ def main(argv=None) -> dict:
     payload = {"preset": args.preset, "results": results}
     write_json(args.json, payload)
     return payload
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 from data_tools.builder import BuildError, BuildPlan, build
 from data_tools.indexes import MergeError, merge
 from data_tools.manifest import Manifest, ManifestError
+from data_tools.manifest_layouts import LAYOUTS, LayoutManifest, detect_layout, parse_aliases
 from data_tools.samples import BuildSettings
 from onepeace.data.formats import KINDS
 from onepeace.data.shards import ShardSpecError
@@ -26,12 +27,13 @@ PROG = "python -m data_tools.build_shards"
 
 
 def parse_bytes(text: str) -> int:
-    """'1000000', '500M', '1G', '1.5GB' -> bytes."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
+    """'1000000', '500M', '1G', '1.5GB' -> bytes in powers of 1000; '1GiB', '512Mi' in powers of 1024."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(?:([kKmMgGtT])([iI]?))?[bB]?\s*", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1000000, 500M or 1G")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 1000000, 500M, 1G or 1GiB")
+    number, prefix, binary = m.group(1), (m.group(2) or "").lower(), bool(m.group(3))
+    power = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}[prefix]
+    return int(float(number) * (1024 if binary else 1000) ** power)
 
 
 def positive_int(text: str) -> int:
@@ -62,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "object per line) manifest with columns among id, image, audio, text, label; media paths "
                           "are relative to --root")
     src.add_argument("--text-file", metavar="FILE", help="a plain UTF-8 text file, one text sample per line (kind text)")
+    p.add_argument("--layout", choices=LAYOUTS, default=None,
+                   help="the manifest's layout (default: detected from its suffix and header): wavcaps (WavCaps "
+                        "JSON), clotho (Clotho CSV, 5 captions per file), audiocaps (AudioCaps CSV, with "
+                        "--audio-pattern), onepeace (official ONE-PEACE TSVs), columns (any tsv/csv/jsonl with "
+                        "--columns); without one, our own columns id, image, audio, text, label")
+    p.add_argument("--columns", metavar="OURS=THEIRS,...", default=None,
+                   help="read our columns from differently named ones, e.g. image=filepath,text=title (other "
+                        "columns are ignored); a JSON list in the text column gives several captions")
+    p.add_argument("--audio-pattern", metavar="PATTERN", default=None,
+                   help="where each clip's file is, relative to --root, for wavcaps, clotho and audiocaps: the "
+                        "layout's fields in braces and glob wildcards, e.g. 'Y{youtube_id}*.wav' or "
+                        "'{stem}.flac' (default: wavcaps '{stem}.flac', clotho '{file_name}')")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for shards, index.json and rejects.jsonl")
     p.add_argument("--name", help="shard name prefix: DIR/NAME-000000.tar (default: the manifest's file name without suffix)")
     p.add_argument("--kind", choices=KINDS,
@@ -81,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-shard", type=positive_int, default=d.samples_per_shard,
                    help="start a new shard after this many samples (default: %(default)s)")
     p.add_argument("--max-shard-bytes", type=parse_bytes, default=d.max_shard_bytes,
-                   help="start a new shard before one would grow past this size, e.g. 500M or 1G (default: 1G)")
+                   help="start a new shard before one would grow past this size, e.g. 500M, 1G (10^9) or 1GiB (2^30) (default: 1G)")
     p.add_argument("--workers", type=positive_int, default=default_workers(),
                    help="processes decoding and encoding media; the output does not depend on it "
                         "(default: the CPUs this process may use, %(default)s here)")
@@ -103,6 +117,18 @@ def merge_parser() -> argparse.ArgumentParser:
         description="Write one index.json and rejects.jsonl over several build folders (for example the parts "
                     "of a --num-splits build). Shards stay where they are; paths in the merged index are "
                     "relative to --out.")
+    p.add_argument("--layout", choices=LAYOUTS, default=None,
+                   help="the manifest's layout (default: detected from its suffix and header): wavcaps (WavCaps "
+                        "JSON), clotho (Clotho CSV, 5 captions per file), audiocaps (AudioCaps CSV, with "
+                        "--audio-pattern), onepeace (official ONE-PEACE TSVs), columns (any tsv/csv/jsonl with "
+                        "--columns); without one, our own columns id, image, audio, text, label")
+    p.add_argument("--columns", metavar="OURS=THEIRS,...", default=None,
+                   help="read our columns from differently named ones, e.g. image=filepath,text=title (other "
+                        "columns are ignored); a JSON list in the text column gives several captions")
+    p.add_argument("--audio-pattern", metavar="PATTERN", default=None,
+                   help="where each clip's file is, relative to --root, for wavcaps, clotho and audiocaps: the "
+                        "layout's fields in braces and glob wildcards, e.g. 'Y{youtube_id}*.wav' or "
+                        "'{stem}.flac' (default: wavcaps '{stem}.flac', clotho '{file_name}')")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged index.json (not one of the parts)")
     p.add_argument("parts", nargs="+", metavar="PART_DIR", help="build folders, each holding an index.json")
     return p
@@ -124,6 +150,22 @@ def main_merge(argv: list[str]) -> int:
     return 0
 
 
+def open_manifest(args: argparse.Namespace, path: str):
+    """Our own manifest format, or one of the public layouts (by --layout, --columns or the header)."""
+    if args.text_file:
+        return Manifest(path, text_file=True, kind="text")
+    if not os.path.isfile(path):
+        raise ManifestError(f"{path}: no such file")
+    layout = args.layout or ("columns" if args.columns else detect_layout(path))
+    if layout is None:
+        if args.audio_pattern:
+            raise ManifestError("--audio-pattern is for the wavcaps, clotho and audiocaps layouts")
+        return Manifest(path, kind=args.kind)
+    aliases = parse_aliases(args.columns) if args.columns else None
+    return LayoutManifest(path, layout, root=args.root, kind=args.kind, audio_pattern=args.audio_pattern,
+                          aliases=aliases)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["merge"]:
@@ -138,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("need 0 <= --min-audio-seconds <= --max-audio-seconds and --max-audio-seconds > 0")
     try:
         path = args.manifest or args.text_file
-        manifest = Manifest(path, text_file=args.text_file is not None, kind=args.kind if args.manifest else "text")
+        manifest = open_manifest(args, path)
         root = os.path.abspath(args.root or os.path.dirname(manifest.path))
         if not os.path.isdir(root):
             return fail(f"--root {args.root}: no such folder", 2)

@@ -26,6 +26,7 @@ from data_tools.samples import BuildSettings, SampleContext, init_worker, proces
 from data_tools.tarwriter import ShardWriter, file_sha256, member_bytes
 from onepeace.data.formats import sample_key, shard_name
 from onepeace.data.shards import load_index
+from onepeace.files import atomic_write
 
 JOURNAL = ".build-journal.jsonl"
 
@@ -59,13 +60,7 @@ class Journal:
         return header, records
 
     def rewrite(self, header: dict, records: list[dict]) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for obj in [header, *records]:
-                f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(json.dumps(obj, ensure_ascii=False) + "\n" for obj in [header, *records]))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

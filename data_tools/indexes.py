@@ -7,7 +7,7 @@ import os
 import time
 from collections import Counter
 
-from data_tools.tarwriter import atomic_write_text
+from onepeace.files import atomic_write
 from onepeace import __version__
 from onepeace.data.formats import FORMAT_VERSION
 from onepeace.data.shards import load_index
@@ -37,13 +37,13 @@ def make_index(*, kind: str, name: str, shards: list[dict], settings: dict, sour
 
 def write_index(out_dir: str, index: dict) -> str:
     path = os.path.join(out_dir, "index.json")
-    atomic_write_text(path, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
     return path
 
 
 def write_rejects(out_dir: str, rejects: list[dict]) -> str:
     path = os.path.join(out_dir, "rejects.jsonl")
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
     return path
 
 

@@ -37,6 +37,24 @@ def sample_id(row: Row, ctx: SampleContext, key: str) -> str:
     return row.fields.get("id", "") if ctx.has_id else key
 
 
+def caption_text(row: Row) -> str:
+    """KEY.txt: the cleaned caption, or several cleaned captions one per line (a cleaned caption never
+    holds a newline); empty ones among several are dropped."""
+    captions = getattr(row, "captions", None)
+    if not captions:
+        return clean_text(row.fields["text"])
+    cleaned = []
+    for caption in captions:
+        try:
+            cleaned.append(clean_text(caption))
+        except Reject as r:
+            if r.reason != "empty_text":
+                raise
+    if not cleaned:
+        raise Reject("empty_text", f"all {len(captions)} captions are empty")
+    return "\n".join(cleaned)
+
+
 def make_sample(row: Row, key: str, ctx: SampleContext) -> tuple[dict[str, bytes], dict]:
     """Members ({ext: bytes}) and the KEY.json metadata; raises :class:`Reject`."""
     if row.problem:
@@ -52,12 +70,13 @@ def make_sample(row: Row, key: str, ctx: SampleContext) -> tuple[dict[str, bytes
     members: dict[str, bytes] = {}
     meta: dict = {"id": sample_id(row, ctx, key), "source": f"{ctx.source_name}:{row.line}"}
     if "text" in KIND_COLUMNS[ctx.kind]:
-        members["txt"] = clean_text(row.fields["text"]).encode("utf-8")
+        members["txt"] = caption_text(row).encode("utf-8")
+    inline = getattr(row, "inline", {})  # media carried in the manifest itself (base64 in ONE-PEACE TSVs)
     if "image" in KIND_COLUMNS[ctx.kind]:
-        data = read_file(os.path.join(ctx.root, row.fields["image"].strip()))
+        data = inline.get("image") or read_file(os.path.join(ctx.root, row.fields["image"].strip()))
         members["jpg"], meta["width"], meta["height"] = process_image(data, s.image_size, s.jpeg_quality)
     if "audio" in KIND_COLUMNS[ctx.kind]:
-        data = read_file(os.path.join(ctx.root, row.fields["audio"].strip()))
+        data = inline.get("audio") or read_file(os.path.join(ctx.root, row.fields["audio"].strip()))
         members["flac"], meta["seconds"] = process_audio(
             data, s.sample_rate, s.max_audio_seconds, s.min_audio_seconds)
     if row.fields.get("label"):

@@ -7,6 +7,8 @@ import io
 import os
 import tarfile
 
+from onepeace.files import AtomicFile
+
 BLOCK = 512
 
 
@@ -23,29 +25,6 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class ShardWriter:
     """Writes one shard under a hidden temporary name and renames it into place on :meth:`close`.
 
@@ -54,9 +33,8 @@ class ShardWriter:
 
     def __init__(self, path: str):
         self.path = path
-        self.tmp_path = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-        self._file = open(self.tmp_path, "wb")
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._out = AtomicFile(path, "wb")  # a hidden .NAME.tmp until close() renames it into place
+        self._tar = tarfile.open(fileobj=self._out.file, mode="w", format=tarfile.USTAR_FORMAT)
         self.samples = 0
         self.bytes = 2 * BLOCK  # the end-of-archive marker
 
@@ -76,17 +54,11 @@ class ShardWriter:
     def close(self) -> dict:
         """Publish the shard; returns its index entry without the path."""
         self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp_path, self.path)
-        fsync_dir(os.path.dirname(self.path) or ".")
+        self._out.commit()
         return {"samples": self.samples, "bytes": os.path.getsize(self.path), "sha256": file_sha256(self.path)}
 
     def abort(self) -> None:
         try:
             self._tar.close()
-            self._file.close()
         finally:
-            if os.path.exists(self.tmp_path):
-                os.remove(self.tmp_path)
+            self._out.abort()

@@ -12,11 +12,12 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 from typing import Iterator
 
 import sentencepiece as spm
 
+from data_tools.shard_scan import iter_samples
+from onepeace.data.layout import MissingCaption, captions_of, parse_json_member
 from onepeace.data.shards import ShardSpecError, resolve_shards
 from onepeace.data.tokenizer import EOS_ID, PAD_ID, UNK_ID, normalize_caption
 
@@ -24,12 +25,18 @@ PROG = "python -m data_tools.train_tokenizer"
 
 
 def shard_texts(spec: str) -> Iterator[str]:
-    """Captions (KEY.txt members) of every shard a spec names, in index order."""
+    """Every caption of every shard a spec names, in index order, read where the index's ``members`` say
+    (KEY.txt lines for our own builds; a .txt or a JSON field for indexed WebDataset shards)."""
     for shard in resolve_shards(spec).shards:
-        with tarfile.open(shard.url, mode="r|") as tar:
-            for info in tar:
-                if info.isreg() and info.name.endswith(".txt"):
-                    yield tar.extractfile(info).read().decode("utf-8", errors="replace")
+        for sample in iter_samples(shard.url):
+            try:
+                meta = parse_json_member(sample.json) if sample.json is not None else None
+            except ValueError:
+                meta = None
+            try:
+                yield from captions_of(shard.layout.caption, sample.txt, meta)
+            except MissingCaption:
+                continue
 
 
 def file_texts(path: str) -> Iterator[str]:
@@ -76,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Train a SentencePiece BPE tokenizer on captions from built shards and/or text "
                                "files; writes PREFIX.model and the sidecar PREFIX.json that onepeace.data reads.")
     p.add_argument("--shards", nargs="+", default=[], metavar="SPEC",
-                   help="shard folders, index.json files or brace patterns of .tar paths; their KEY.txt members are read")
+                   help="shard folders, index.json files or brace patterns of .tar paths; their captions are read (where index.json says)")
     p.add_argument("--text-file", nargs="+", default=[], metavar="FILE", help="plain text files, one sentence per line")
     p.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.model and PREFIX.json")
     p.add_argument("--vocab-size", type=int, default=8000,

@@ -16,8 +16,10 @@ from tqdm import tqdm
 
 from data_tools.parallel import ordered_map
 from data_tools.tarwriter import file_sha256
-from onepeace.data.decode import decode_audio, decode_image, decode_meta
-from onepeace.data.formats import KIND_MEMBERS, MEMBER_EXTENSIONS
+from data_tools.shard_scan import split_member
+from onepeace.data.decode import BadSample, decode_audio, decode_image, decode_meta, decode_sample
+from onepeace.data.formats import KIND_MEMBERS, KIND_MODALITIES, MEMBER_EXTENSIONS
+from onepeace.data.layout import Layout
 from onepeace.data.shards import ShardSpecError, load_index
 
 PROG = "python -m data_tools.verify_shards"
@@ -51,10 +53,50 @@ def check_sample(key: str, members: dict[str, bytes], kind: str, sample_rate: in
     return problems
 
 
-def check_shard(task: tuple[str, dict, str, int]) -> dict:
+def check_indexed_shard(path: str, entry: dict, kind: str, sample_rate: int, layout: Layout) -> dict:
+    """A shard another tool wrote (index.json has ``members``): every sample the readers see is decoded
+    where the members say; members the readers ignore are not problems."""
+    problems: list[str] = []
+    keys: list[str] = []
+    wanted = layout.members(KIND_MODALITIES[kind])
+    current: dict | None = None
+
+    def finish(sample: dict | None) -> None:
+        if sample is None or not set(sample) - {"__key__"}:
+            return
+        keys.append(sample["__key__"])
+        try:
+            decode_sample(sample, kind, sample_rate, None, layout)
+        except BadSample as exc:
+            problems.append(f"{sample['__key__']}: {exc}")
+
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for info in tar:
+                key, ext = split_member(info.name)
+                if not info.isreg() or key is None:
+                    continue
+                if current is None or key != current["__key__"]:
+                    finish(current)
+                    current = {"__key__": key}
+                if ext in wanted:
+                    current[ext] = tar.extractfile(info).read()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        problems.append(f"tar is damaged after {len(keys)} samples: {exc}")
+    finish(current)
+    if len(keys) != entry.get("samples"):
+        problems.append(f"{len(keys)} samples, index.json says {entry.get('samples')}")
+    return {"path": entry["path"], "keys": keys, "problems": problems}
+
+
+def check_shard(task: tuple[str, dict, str, int, dict | None]) -> dict:
     """Read one shard end to end; returns its sample keys and problems."""
-    base, entry, kind, sample_rate = task
+    base, entry, kind, sample_rate, members = task
     path = os.path.join(base, entry["path"])
+    if members is not None:
+        if not os.path.isfile(path):
+            return {"path": entry["path"], "keys": [], "problems": ["file is missing"]}
+        return check_indexed_shard(path, entry, kind, sample_rate, Layout.from_json(members, "index.json"))
     problems: list[str] = []
     keys: list[str] = []
     if not os.path.isfile(path):
@@ -99,14 +141,15 @@ def verify(directory: str, workers: int = 1, progress: bool = True, out=None) ->
     index = load_index(directory)
     base = os.path.dirname(os.path.abspath(os.path.join(directory, "index.json")))
     kind, sample_rate = index["kind"], index.get("settings", {}).get("sample_rate", 16000)
-    tasks = [(base, entry, kind, sample_rate) for entry in index["shards"]]
+    members = index.get("members")
+    tasks = [(base, entry, kind, sample_rate, members) for entry in index["shards"]]
     total_problems, total_samples, owner = 0, 0, {}
     bar = tqdm(total=len(tasks), unit="shard", file=sys.stderr, disable=not progress, desc="verify")
     for _, result in ordered_map(check_shard, tasks, workers=workers, chunksize=1):
         bar.update(1)
         problems = result["problems"]
         for key in result["keys"]:
-            if key in owner:
+            if key in owner and members is None:
                 problems.append(f"{key}: sample key also in {owner[key]}")
             owner[key] = result["path"]
         total_samples += len(result["keys"])

@@ -12,9 +12,11 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+from typing import Any, ClassVar, Literal, Mapping, Sequence, TypeVar, Union
 
 import yaml
+
+from . import geometry
 
 MODALITIES = ("text", "image", "audio")
 
@@ -31,6 +33,14 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     """Every size and switch of a ONE-PEACE model. Presets live in :data:`MODEL_PRESETS`."""
+
+    # Keys that older files may hold: (the one value still accepted and dropped, or None; why).
+    RETIRED_KEYS: ClassVar[dict[str, tuple[Any, str]]] = {
+        "patch_size": (geometry.IMAGE_PATCH, "patch_size is no longer a setting: the hMLP stem has a fixed stride of 16"),
+        **{key: (None, (f"{key} was replaced by text_rel_buckets / audio_rel_buckets (the official ONE-PEACE "
+                        "bucketing, 514 and 1026 rows); a model saved with it has relative tables of another size"))
+           for key in ("text_rel_exact", "audio_rel_exact", "rel_log_buckets")},
+    }
 
     # Fusion encoder
     embed_dim: int = 768
@@ -54,9 +64,8 @@ class ModelConfig:
     pad_id: int = 0
     max_text_tokens: int = 71  # 70 tokens + EOS; the adapter prepends CLS
 
-    # Vision adapter (hMLP stem, total stride 16)
+    # Vision adapter (hMLP stem, total stride 16: 16x16-pixel patches)
     image_size: int = 256
-    patch_size: int = 16
 
     # Audio adapter (wav2vec2-style conv stack, 320 samples per frame at 16 kHz)
     sample_rate: int = 16000
@@ -67,10 +76,11 @@ class ModelConfig:
     max_audio_frames: int = 750  # 15 s
 
     # Relative position bias
-    text_rel_exact: int = 128
-    audio_rel_exact: int = 256
+    # Official bucketing: exact within +-(buckets / 2), then (buckets / 2 - 1) log-spaced buckets per side
+    # up to distance rel_max_distance - 1; a table holds 2 * buckets - 1 distances + 3 CLS entries.
+    text_rel_buckets: int = 256  # 514 rows
+    audio_rel_buckets: int = 512  # 1026 rows
     rel_max_distance: int = 1024
-    rel_log_buckets: int = 32  # log-spaced buckets per side beyond the exact range
     share_rel_bias: bool = True  # one table for all layers; OnePeace.unshare_rel_bias() copies it
 
     # Implementation
@@ -88,7 +98,7 @@ class ModelConfig:
 
     @property
     def image_grid(self) -> int:
-        return self.image_size // self.patch_size
+        return geometry.image_grid(self.image_size)
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -100,7 +110,6 @@ class ModelConfig:
         need(self.decoder_dim % self.decoder_heads == 0,
              f"decoder_dim ({self.decoder_dim}) must be divisible by decoder_heads ({self.decoder_heads})")
         need(self.embed_dim % 4 == 0, f"embed_dim ({self.embed_dim}) must be divisible by 4 (hMLP stem)")
-        need(self.patch_size == 16, f"patch_size must be 16 (the hMLP stem has stride 16), got {self.patch_size}")
         need(self.image_size % 16 == 0 and self.image_size >= 16,
              f"image_size must be a positive multiple of 16, got {self.image_size}")
         need(len(self.modalities) > 0, "modalities must name at least one of text, image, audio")
@@ -115,9 +124,10 @@ class ModelConfig:
         need(self.attention_backend in ("auto", "math", "sdpa", "flex", "xformers"),
              f"attention_backend must be one of auto, math, sdpa, flex, xformers; got {self.attention_backend!r}")
         need(0 <= self.pad_id < self.vocab_size, f"pad_id ({self.pad_id}) must be a token id below vocab_size")
-        need(self.text_rel_exact < self.rel_max_distance and self.audio_rel_exact < self.rel_max_distance,
-             "rel_max_distance must exceed text_rel_exact and audio_rel_exact")
-        need(self.rel_log_buckets >= 1, "rel_log_buckets must be >= 1")
+        for name in ("text_rel_buckets", "audio_rel_buckets"):
+            size = getattr(self, name)
+            need(size % 2 == 0 and 4 <= size < self.rel_max_distance,
+                 f"{name} must be even, at least 4 and below rel_max_distance ({self.rel_max_distance}); got {size}")
         for name in ("depth", "num_heads", "ffn_dim", "decoder_depth", "decoder_ffn_dim", "max_text_tokens",
                      "max_audio_frames", "audio_conv_dim", "sample_rate"):
             need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
@@ -223,12 +233,23 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+def _drop_retired(cls: type, data: Mapping[str, Any], path: str) -> Mapping[str, Any]:
+    """Accept a retired key (``cls.RETIRED_KEYS``) only with the value it always had; name why otherwise."""
+    retired = getattr(cls, "RETIRED_KEYS", {})
+    for key in set(data) & set(retired):
+        accepted, why = retired[key]
+        if accepted is None or data[key] != accepted:
+            raise ConfigError(f"{path + '.' if path else ''}{key}: {why}")
+    return {k: v for k, v in data.items() if k not in retired}
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _drop_retired(cls, data, path)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{path}." if path else ""
@@ -274,15 +295,20 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     out = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for k in keys[:-1]:
-            if node.get(k) is None:
-                node[k] = {}
-            if not isinstance(node[k], dict):
-                raise ConfigError(f"override {text!r}: {k!r} is not a mapping")
-            node = node[k]
-        node[keys[-1]] = value
+        set_dotted(out, keys, value, f"override {text!r}")
     return out
+
+
+def set_dotted(data: dict[str, Any], keys: Sequence[str], value: Any, where: str) -> None:
+    """``data[k0][k1]...[kn] = value`` in place, creating intermediate mappings; ``where`` names the source."""
+    node = data
+    for k in keys[:-1]:
+        if node.get(k) is None:
+            node[k] = {}
+        if not isinstance(node[k], dict):
+            raise ConfigError(f"{where}: {k!r} is not a mapping")
+        node = node[k]
+    node[keys[-1]] = copy.deepcopy(value)
 
 
 def load_yaml(path: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@
 #   mkdir -p logs
 #   sbatch slurm/pretrain.sh RECIPE RUN_DIR [ONEPEACE.TRAIN FLAGS...]
 #   sbatch slurm/pretrain.sh stage1_vl_base runs/vl-base
-#   DS_CONFIG=ds_configs/zero2_bf16.json sbatch -N4 slurm/pretrain.sh my_recipe.yaml runs/x --set train.steps=20000
+#   DS_CONFIG=zero2_bf16 sbatch -N4 slurm/pretrain.sh my_recipe.yaml runs/x --set train.steps=20000
 #   RECIPE=my_recipe.yaml RUN_DIR=runs/x OVERRIDES="train.lr=1e-4 train.steps=500" sbatch slurm/pretrain.sh
 #
 # Every task runs
@@ -30,8 +30,8 @@
 #   FLAGS      passed to the trainer after ours: --set train.steps=1000 --set model.preset=base ...
 # Paths are taken relative to the directory the job runs in (the submit directory unless --chdir).
 # Environment
-#   DS_CONFIG     DeepSpeed JSON (ds_configs/*.json; a relative path not found there is looked up in the
-#                 repository); default: ZeRO stage 1 with everything from the recipe
+#   DS_CONFIG     DeepSpeed JSON file, or the name of a shipped one (zero2_bf16, ...: onepeace/ds_configs);
+#                 default: ZeRO stage 1 with everything from the recipe
 #   OVERRIDES     recipe overrides separated by spaces, each passed as --set K=V ("train.steps=500 train.lr=1e-4")
 #   PYTHON        interpreter (default: the repository's .venv/bin/python if present, else python3)
 #   MAX_RESTARTS  do not requeue a job that has already been restarted this many times (default: no limit)
@@ -106,19 +106,25 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 command -v "$PYTHON" >/dev/null || die "python interpreter '$PYTHON' not found (set PYTHON)"
 
-# A recipe is a file (made absolute) or the name of a shipped one (kept as it is).
+# The job stays where it was submitted (relative paths in FLAGS keep their meaning); the repository goes on
+# the import path for an interpreter that does not have the package installed.
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
+
+# A recipe is a file (made absolute) or the name of a shipped one (kept as it is; onepeace.recipe knows them).
 if [[ -f "$recipe" ]]; then
   recipe=$(realpath -- "$recipe")
-elif [[ "$recipe" == */* || "$recipe" == *.yaml || "$recipe" == *.yml || ! -f "$repo/onepeace/recipes/$recipe.yaml" ]]; then
-  shipped=$(cd "$repo/onepeace/recipes" 2>/dev/null && ls -- *.yaml 2>/dev/null | sed 's/\.yaml$//' | paste -sd ' ' - || true)
+elif [[ "$recipe" == */* || "$recipe" == *.yaml || "$recipe" == *.yml ]] \
+     || ! "$PYTHON" -c 'import sys; from onepeace.recipe import shipped_recipes; sys.exit(sys.argv[1] not in shipped_recipes())' "$recipe"; then
+  shipped=$("$PYTHON" -c 'from onepeace.recipe import shipped_recipes; print(" ".join(shipped_recipes()))' 2>/dev/null || true)
   die "recipe $recipe does not exist (relative paths are taken from $PWD); shipped recipes: ${shipped:-none}"
 fi
 run_dir=$(realpath -m -- "$run_dir")
 args=(--config "$recipe" --run-dir "$run_dir")
 if [[ -n "${DS_CONFIG:-}" ]]; then
   if [[ -f "$DS_CONFIG" ]]; then ds=$(realpath -- "$DS_CONFIG")
-  elif [[ "$DS_CONFIG" != /* && -f "$repo/$DS_CONFIG" ]]; then ds="$repo/$DS_CONFIG"
-  else die "DeepSpeed config DS_CONFIG=$DS_CONFIG does not exist (looked in $PWD and $repo)"; fi
+  elif ! ds=$("$PYTHON" -c 'import sys; from onepeace.train.engine import ds_config_path; print(ds_config_path(sys.argv[1]))' "$DS_CONFIG" 2>/dev/null); then
+    die "DeepSpeed config DS_CONFIG=$DS_CONFIG does not exist (not a file in $PWD, nor a shipped config name)"
+  fi
   args+=(--deepspeed_config "$ds")
 fi
 read -r -a overrides <<< "${OVERRIDES:-}"
@@ -132,9 +138,6 @@ if [[ -n "${MAX_RESTARTS:-}" && ! "$MAX_RESTARTS" =~ ^[0-9]+$ ]]; then
   die "MAX_RESTARTS must be a non-negative integer, got '$MAX_RESTARTS'"
 fi
 
-# The job stays where it was submitted (relative paths in FLAGS keep their meaning); the repository goes on
-# the import path for an interpreter that does not have the package installed.
-export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 export PYTHONUNBUFFERED=1
 tasks=${SLURM_NTASKS:-1}

@@ -17,7 +17,6 @@ _EXPORTS = {
     "build_train_loader": "loaders", "build_eval_loader": "loaders", "DataStream": "loaders", "EvalStream": "loaders",
     "StreamPosition": "loaders",
     "Tokenizer": "tokenizer", "TokenizerError": "tokenizer", "normalize_caption": "tokenizer",
-    "rank_and_world_size": "distributed",
     "resolve_shards": "shards", "load_index": "shards", "ShardSpecError": "shards",
     "KINDS": "formats",
 }

@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pad_sequence
 from onepeace.data.config import MaskConfig
 from onepeace.data.masking import block_keep, image_keeps, pad_keeps, text_keeps
 from onepeace.data.transforms import CLIP_MEAN, CLIP_STD
-from onepeace.model.adapters import audio_frame_count
+from onepeace.geometry import audio_frame_count
 
 _SCALE = torch.tensor([1 / (255.0 * s) for s in CLIP_STD]).view(1, 3, 1, 1)
 _SHIFT = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]).view(1, 3, 1, 1)
@@ -22,6 +22,23 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     return images.float().mul_(_SCALE).add_(_SHIFT)
 
 
+def pad_tokens(sequences: list[np.ndarray], pad_id: int) -> torch.Tensor:
+    """[N, T] int64: each sequence right-padded with ``pad_id`` to the longest."""
+    tokens = np.full((len(sequences), max(s.size for s in sequences)), pad_id, dtype=np.int64)
+    for i, ids in enumerate(sequences):
+        tokens[i, : ids.size] = ids
+    return torch.from_numpy(tokens)
+
+
+def collate_captions(samples: list[dict], pad_id: int) -> dict:
+    """All captions of all samples, flattened: ``caption_owner[c]`` is the batch row caption ``c`` belongs to."""
+    owner = [i for i, s in enumerate(samples) for _ in s["caption_tokens"]]
+    tokens = pad_tokens([t for s in samples for t in s["caption_tokens"]], pad_id)
+    return {"caption_tokens": tokens, "caption_padding_mask": tokens == pad_id,
+            "caption_owner": torch.tensor(owner, dtype=torch.long),
+            "captions": [c for s in samples for c in s["captions"]]}
+
+
 @dataclass(frozen=True)
 class CollateSpec:
     kind: str
@@ -29,6 +46,7 @@ class CollateSpec:
     word_start: np.ndarray  # per vocabulary id: does the piece start a word
     num_patches: int
     masks: MaskConfig
+    all_captions: bool = False  # evaluation of pairs: every caption of every sample (caption_* keys)
 
 
 def collate(samples: list[dict], spec: CollateSpec, rng: np.random.Generator) -> dict:
@@ -70,6 +88,8 @@ def collate(samples: list[dict], spec: CollateSpec, rng: np.random.Generator) ->
         batch["text_keep"] = pad_keeps(keeps)
         if paired:
             batch["pair_text_keep"] = pad_keeps(pair_keeps)
+        if spec.all_captions:
+            batch.update(collate_captions(samples, spec.pad_id))
     batch["ids"] = [s["id"] for s in samples]
     if any(s.get("label") is not None for s in samples):
         batch["labels"] = [s.get("label") for s in samples]

@@ -1,6 +1,6 @@
 """Decoding shard members, and the handler that skips (and counts) samples that fail to decode.
 
-Only the member types of docs/data_format.md are ever decoded: pickle, .pth and the like in a
+Only images, audio, text and JSON are ever decoded (see ``layout``): pickle, .pth and the like in a
 shard are ignored, so a shard from elsewhere cannot run code in a training job.
 """
 
@@ -15,7 +15,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, ImageFile
 
-from onepeace.data.formats import task_members
+from onepeace.data.formats import KIND_MODALITIES
+from onepeace.data.layout import BUILT, Layout, MissingCaption, captions_of, field_value, first_member, parse_json_member
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 log = logging.getLogger("onepeace.data")
@@ -37,14 +38,20 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
 
 
 def decode_audio(data: bytes, sample_rate: int) -> np.ndarray:
+    """Mono float32 at ``sample_rate`` from FLAC, WAV, OGG/Vorbis or MP3 bytes at any rate and channel
+    count: channels are averaged, then the rate converted with torchaudio's windowed-sinc resampler."""
     wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    if rate != sample_rate:
-        raise BadSample(f"audio at {rate} Hz, expected {sample_rate} Hz (rebuild the shards with --sample-rate {sample_rate})")
-    return wave[:, 0] if wave.shape[1] == 1 else wave.mean(axis=1)
+    wave = wave[:, 0] if wave.shape[1] == 1 else wave.mean(axis=1)
+    if rate != sample_rate and wave.size:
+        wave = resample(wave, rate, sample_rate)
+    return wave
 
 
-def decode_text(data: bytes) -> str:
-    return data.decode("utf-8")
+def resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
+    import torch
+    import torchaudio.functional as AF
+
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(wave)), orig, new).numpy()
 
 
 def decode_meta(data: bytes) -> dict:
@@ -54,22 +61,37 @@ def decode_meta(data: bytes) -> dict:
     return meta
 
 
-def decode_sample(sample: dict, kind: str, sample_rate: int, image_min_side: int | None = None) -> dict:
-    """The decoded members a task of ``kind`` needs: image (PIL), audio (float32), text, id, label."""
-    for ext in task_members(kind):
-        if ext not in sample:
-            raise BadSample(f"no .{ext} member")
-    meta = decode_meta(sample["json"])
-    out = {"id": meta["id"], "label": meta.get("label")}
+def decode_sample(sample: dict, kind: str, sample_rate: int, image_min_side: int | None = None,
+                  layout: Layout = BUILT) -> dict:
+    """What a task of ``kind`` needs from one raw sample, found where ``layout`` says: image (PIL),
+    audio (float32 at ``sample_rate``), captions (a non-empty list), id and label."""
     try:
-        if "jpg" in sample and "jpg" in task_members(kind):
-            out["image"] = decode_image(sample["jpg"], image_min_side)
-        if "flac" in sample and "flac" in task_members(kind):
-            out["audio"] = decode_audio(sample["flac"], sample_rate)
-        if "txt" in task_members(kind):
-            out["text"] = decode_text(sample["txt"])
+        meta = parse_json_member(sample["json"]) if "json" in sample else None
+    except ValueError as exc:
+        raise BadSample(str(exc)) from None
+    key = sample.get("__key__")
+    sample_id = field_value(layout.id, meta, key)
+    if sample_id is None:
+        raise BadSample(f"no sample id ({layout.id}{' and no KEY.json' if meta is None else ''})")
+    out = {"id": sample_id, "label": field_value(layout.label, meta, key)}
+    modalities = KIND_MODALITIES[kind]
+    try:
+        if "image" in modalities:
+            ext = first_member(sample, layout.image)
+            if ext is None:
+                raise BadSample(f"no image member (.{', .'.join(layout.image)})")
+            out["image"] = decode_image(sample[ext], image_min_side)
+        if "audio" in modalities:
+            ext = first_member(sample, layout.audio)
+            if ext is None:
+                raise BadSample(f"no audio member (.{', .'.join(layout.audio)})")
+            out["audio"] = decode_audio(sample[ext], sample_rate)
+        if "text" in modalities:
+            out["captions"] = captions_of(layout.caption, sample.get("txt"), meta)
     except BadSample:
         raise
+    except MissingCaption as exc:
+        raise BadSample(str(exc)) from None
     except Exception as exc:  # decoders raise many types on damaged bytes
         raise BadSample(f"{type(exc).__name__}: {exc}") from None
     return out

@@ -18,7 +18,16 @@ KIND_MEMBERS: dict[str, tuple[str, ...]] = {
     "text": ("txt",),
 }
 
-# The only extensions a reader ever decodes; everything else (pickle above all) is ignored.
+# Modalities each kind of sample holds.
+KIND_MODALITIES: dict[str, tuple[str, ...]] = {
+    "image-text": ("image", "text"),
+    "audio-text": ("audio", "text"),
+    "image": ("image",),
+    "audio": ("audio",),
+    "text": ("text",),
+}
+
+# The only extensions a reader of our own builds ever decodes; everything else (pickle above all) is ignored.
 MEMBER_EXTENSIONS = ("jpg", "flac", "txt", "json")
 
 # Manifest columns each kind needs.

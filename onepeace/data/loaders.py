@@ -13,12 +13,19 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from onepeace.data.config import DataConfig
-from onepeace.data.distributed import rank_and_world_size, worker_and_count
 from onepeace.data.pipelines import POSITION, SKIPPED, WORKER, Placement, TaskPipeline
 from onepeace.data.tokenizer import Tokenizer
+from onepeace.distributed import rank_and_world_size
+
+
+def worker_and_count() -> tuple[int, int]:
+    """This DataLoader worker's id and the number of workers ((0, 1) in the main process)."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
 
 
 class _TrainSteps(IterableDataset):

@@ -8,6 +8,7 @@ sample exactly once and their counts differ by at most one.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -18,10 +19,11 @@ import webdataset as wds
 from onepeace.data.batching import CollateSpec, collate
 from onepeace.data.config import DataConfig, TaskConfig
 from onepeace.data.decode import BadSample, SkipCounter, decode_sample
-from onepeace.data.formats import KIND_MEMBERS, shard_kinds_for_task, task_members
+from onepeace.data.formats import KIND_MODALITIES, shard_kinds_for_task
+from onepeace.data.layout import Layout
 from onepeace.data.shards import Shard, ShardSet, ShardSpecError, resolve_shards
-from onepeace.data.tokenizer import Tokenizer
-from onepeace.model.adapters import AUDIO_RECEPTIVE_FIELD
+from onepeace.data.tokenizer import Tokenizer, normalize_caption
+from onepeace.geometry import AUDIO_RECEPTIVE_FIELD
 from onepeace.data.transforms import AudioTransform, ImageTransform, max_audio_samples
 
 SKIPPED = "_skipped"  # batch key carrying the worker's newly skipped samples to the main process
@@ -58,6 +60,15 @@ def resolve_task_sources(name: str, task: TaskConfig) -> list[ShardSet]:
             raise ShardSpecError(f"task {name}: source {i} ({source.shards}) has no samples")
         sets.append(found)
     return sets
+
+
+def caption_choice(num_captions: int, key: str, seed: int, epoch: int) -> int:
+    """Which of a sample's captions training uses in this epoch (data segment): a pure function of the
+    sample key, the seed and the epoch, so a resumed run draws the same captions as an unbroken one."""
+    if num_captions == 1:
+        return 0
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % num_captions
 
 
 def shuffled(items: Iterable, size: int, rng: np.random.Generator) -> Iterator:
@@ -101,8 +112,11 @@ class TaskPipeline:
                              f"the audio conv stack's receptive field ({AUDIO_RECEPTIVE_FIELD} samples)")
         word_start = tokenizer.word_start if tokenizer is not None else np.zeros(1, dtype=bool)
         self.spec = CollateSpec(kind=self.kind, pad_id=model.pad_id, word_start=word_start,
-                                num_patches=(model.image_size // 16) ** 2, masks=data.masks)
-        self.wanted = frozenset(task_members(self.kind))
+                                num_patches=model.image_grid ** 2, masks=data.masks,
+                                all_captions=not train and "-" in self.kind)
+        self.modalities = KIND_MODALITIES[self.kind]
+        self.layouts: dict[str, Layout] = {s.url: s.layout for found in self.sources for s in found.shards}
+        self.wanted = frozenset().union(*(layout.members(self.modalities) for layout in set(self.layouts.values())))
 
     @property
     def total_samples(self) -> int:
@@ -138,21 +152,29 @@ class TaskPipeline:
 
     # -- samples and batches -----------------------------------------------------------------------
 
-    def process(self, raw: dict, rng: np.random.Generator) -> dict:
-        """Decode and transform one raw sample; raises on anything wrong with it."""
-        d = decode_sample(raw, self.kind, self.sample_rate, self.image_min_side)
+    def process(self, raw: dict, rng: np.random.Generator, seed_epoch: tuple[int, int] = (0, 0)) -> dict:
+        """Decode and transform one raw sample; raises on anything wrong with it. Training encodes one
+        caption of several (:func:`caption_choice`); evaluation encodes them all (``caption_tokens``)."""
+        layout = self.layouts.get(raw.get("__url__"), Layout())
+        d = decode_sample(raw, self.kind, self.sample_rate, self.image_min_side, layout)
         out = {"id": d["id"], "label": d["label"]}
-        members = KIND_MEMBERS[self.kind]
-        if "jpg" in members:
+        if "image" in self.modalities:
             out["image"] = self.image(d["image"], rng)
-        if "flac" in members:
+        if "audio" in self.modalities:
             out["audio"] = self.audio(d["audio"], rng)
-        if "txt" in members:
-            out["tokens"] = self.tokenizer.encode(d["text"], self.max_text_tokens)
+        if "text" in self.modalities:
+            captions = d["captions"]
+            if self.spec.all_captions:
+                out["caption_tokens"] = [self.tokenizer.encode(c, self.max_text_tokens) for c in captions]
+                out["captions"] = [normalize_caption(c, self.tokenizer.lowercase) for c in captions]
+                out["tokens"] = out["caption_tokens"][0]
+            else:
+                pick = caption_choice(len(captions), raw.get("__key__", ""), *seed_epoch) if self.train else 0
+                out["tokens"] = self.tokenizer.encode(captions[pick], self.max_text_tokens)
         return out
 
     def _batches(self, raw: Iterable[dict], skip: SkipCounter, entropy: list[int], partial: bool,
-                 start: int = 0) -> Iterator[dict]:
+                 start: int = 0, seed_epoch: tuple[int, int] = (0, 0)) -> Iterator[dict]:
         """Batches from ``raw`` (whose first ``start`` samples were already consumed). Raw sample ``i``
         is transformed with its own generator seeded by ``entropy + [i]``, and the batch completed at raw
         sample ``i`` is masked with ``entropy + [i, 1]``: a stream resumed at a raw position makes the
@@ -162,7 +184,7 @@ class TaskPipeline:
         position = start
         for position, sample in enumerate(raw, start + 1):
             try:
-                batch.append(self.process(sample, np.random.default_rng([*entropy, position - 1])))
+                batch.append(self.process(sample, np.random.default_rng([*entropy, position - 1]), seed_epoch))
             except Exception as exc:  # a bad sample must never stop training: count it and go on
                 skip(exc if isinstance(exc, BadSample) else BadSample(f"{type(exc).__name__}: {exc}"),
                      sample.get("__key__"), sample.get("__url__"))
@@ -191,7 +213,7 @@ class TaskPipeline:
         raw = shuffled(self._raw_samples(self.train_urls(place, urls_rng), skip), self.shuffle_buffer, shuffle_rng)
         for _ in range(start):
             next(raw)
-        return self._batches(raw, skip, entropy, partial=False, start=start)
+        return self._batches(raw, skip, entropy, partial=False, start=start, seed_epoch=(seed, epoch))
 
     def eval_batches(self, place: Placement, seed: int) -> Iterator[dict]:
         """This (rank, worker)'s share of one ordered pass; the last batch may be short."""

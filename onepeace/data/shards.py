@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import braceexpand
 
 from onepeace.data.formats import FORMAT_VERSION, KINDS
+from onepeace.data.layout import BUILT, Layout, LayoutError
 
 
 class ShardSpecError(ValueError):
@@ -22,6 +23,7 @@ class ShardSpecError(ValueError):
 class Shard:
     url: str  # a local path
     samples: int
+    layout: Layout = BUILT  # which members hold what (index.json "members"; absent for our own builds)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ def load_index(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
     except FileNotFoundError:
-        raise ShardSpecError(f"{path}: no such index (build shards with python -m data_tools.build_shards)") from None
+        raise ShardSpecError(f"{path}: no such index (build shards with python -m data_tools.build_shards, "
+                             "or index existing WebDataset shards with onepeace-index-shards)") from None
     except json.JSONDecodeError as exc:
         raise ShardSpecError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(index, dict):
@@ -61,13 +64,19 @@ def load_index(path: str) -> dict:
         if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
                 and isinstance(entry.get("samples"), int) and entry["samples"] >= 0):
             raise ShardSpecError(f"{path}: shards[{i}] needs a 'path' string and a 'samples' count")
+    try:
+        Layout.from_json(index.get("members"), path)
+    except LayoutError as exc:
+        raise ShardSpecError(str(exc)) from None
     return index
 
 
 def index_shards(path: str) -> ShardSet:
     index = load_index(path)
     base = os.path.dirname(os.path.abspath(index_path(path)))
-    return ShardSet(index["kind"], tuple(Shard(os.path.join(base, e["path"]), e["samples"]) for e in index["shards"]))
+    layout = Layout.from_json(index.get("members"), path)
+    return ShardSet(index["kind"], tuple(Shard(os.path.normpath(os.path.join(base, e["path"])), e["samples"], layout)
+                                         for e in index["shards"]))
 
 
 def resolve_shards(spec: str) -> ShardSet:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from onepeace.model.adapters import audio_frame_count
+from onepeace.geometry import max_samples_for_frames
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -69,11 +69,7 @@ class ImageTransform:
 def max_audio_samples(sample_rate: int, max_seconds: float, max_frames: int) -> int:
     """Longest clip: ``max_seconds`` or what the model's ``max_audio_frames`` holds, whichever is shorter."""
     limit = int(max_seconds * sample_rate)
-    lo, hi = 0, 400 + 320 * max_frames  # audio_frame_count(hi) > max_frames
-    while lo + 1 < hi:  # largest n with audio_frame_count(n) <= max_frames
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if audio_frame_count(mid) <= max_frames else (lo, mid)
-    return min(limit, lo)
+    return min(limit, max_samples_for_frames(max_frames))
 
 
 class AudioTransform:

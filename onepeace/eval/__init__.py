@@ -6,7 +6,6 @@
     embeddings.py      one rank's share of an evaluation pass -> embeddings (ranks in lockstep)
     gather.py          all ranks' rows on every rank, sorted by id, each sample exactly once
     zeroshot.py        one evaluation set from stream to metrics
-    loading.py         a model from an export or a run's checkpoint
     report.py          table and JSON
     cli.py             onepeace-eval
     periodic.py        evaluation during training (build_periodic_eval)

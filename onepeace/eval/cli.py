@@ -7,7 +7,8 @@
 
 MODEL is an exported model directory (onepeace-export), a run directory (its newest complete
 checkpoint) or one checkpoint directory. Pair shards (image-text, audio-text) give retrieval in both
-directions; with --labels they also give classification of the image or audio. Several ranks split
+directions, with every caption of every item (COCO/Clotho rule: an item counts as found when any of
+its captions is retrieved); with --labels they also give classification of the image or audio. Several ranks split
 the set (each sample is embedded once) and rank 0 prints the result. Exit status 2: bad input.
 """
 
@@ -27,12 +28,13 @@ from dataclasses import dataclass
 import torch
 
 from ..config import ConfigError
+from ..files import atomic_write
 from ..data.config import DataConfig, SourceConfig, TaskConfig
 from ..data.shards import ShardSpecError, resolve_shards
 from ..data.tokenizer import Tokenizer, TokenizerError
-from ..train import distributed as dist_utils
+from .. import distributed as dist_utils
 from .errors import EvalError
-from .loading import LoadedModel, load_model
+from ..runs import EVAL_RUNTIME, LoadedModel, load_model
 from .report import format_table, to_json
 from .zeroshot import KINDS, Classifier, check_supported, default_template, evaluate_stream, needed_modalities
 
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32, help="samples per forward pass per rank (default: 32)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes per rank (default: 2)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights and activations (default: fp32)")
+    p.add_argument("--strict-captions", action="store_true",
+                   help="retrieval: count an identical caption of another item as a miss (by default a retrieved "
+                        "item or caption whose caption is identical to the true one counts as correct; either way "
+                        "the output says how many captions are shared)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--out", metavar="FILE", default=None, help="also write the JSON object to FILE")
     return p
@@ -100,7 +106,7 @@ def prepare(args: argparse.Namespace, dist: dist_utils.DistEnv) -> Job:
     if kind not in KINDS:
         raise EvalError(f"{args.data} holds {kind} shards; evaluation reads {', '.join(KINDS)} (choose with --kind)")
     classifier = Classifier.from_file(args.labels, args.template or default_template(kind)) if args.labels else None
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, **EVAL_RUNTIME)
     name = args.data
     check_supported(loaded.model.config, kind, name, classifier is not None)
     tokenizer = _tokenizer(args, loaded, kind, classifier is not None)
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         result = evaluate_stream(model, job.stream, name=job.name, kind=job.kind, device=device,
-                                 tokenizer=job.tokenizer, classifier=job.classifier, prompt_batch_size=args.batch_size)
+                                 tokenizer=job.tokenizer, classifier=job.classifier, prompt_batch_size=args.batch_size,
+                                 same_caption_is_correct=not args.strict_captions)
     except BAD_INPUT as exc:
         return _fail(str(exc), dist)
     finally:
@@ -172,10 +179,7 @@ def _report(args: argparse.Namespace, job: Job, result, dist: dist_utils.DistEnv
     payload = to_json(result, header)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = f"{args.out}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, args.out)
+        atomic_write(args.out, json.dumps(payload, indent=2))
     if args.json:
         print(json.dumps(payload))
     else:

@@ -12,17 +12,21 @@ from typing import Iterable
 
 import torch
 
-from ..train.distributed import any_rank
+from ..distributed import any_rank, world_size
 
 
 @dataclass
 class Rows:
-    """Samples in some order: ids, labels (None where a sample has none) and one embedding row per modality."""
+    """Samples in some order: ids, labels (None where a sample has none) and one embedding row per modality
+    and sample, except text of pair sets, which has one row per caption: ``text_owner`` names the sample
+    each text row belongs to and ``captions`` holds its normalised text (empty when unknown)."""
 
     ids: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)
     emb: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: int = 0  # samples the data pipeline could not read
+    text_owner: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -35,6 +39,9 @@ def encode_batch(model, modality: str, batch: dict, device: torch.device) -> tor
     if modality == "audio":
         return model.encode_audio(batch["audio"].to(device, non_blocking=True),
                                   batch["audio_padding_mask"].to(device, non_blocking=True))
+    if modality == "text" and "caption_tokens" in batch:  # every caption of an evaluation pair batch
+        return model.encode_text(batch["caption_tokens"].to(device, non_blocking=True),
+                                 batch["caption_padding_mask"].to(device, non_blocking=True))
     if modality == "text":
         return model.encode_text(batch["text_tokens"].to(device, non_blocking=True),
                                  batch["text_padding_mask"].to(device, non_blocking=True))
@@ -56,16 +63,11 @@ def filler_batch(config, modalities: Iterable[str]) -> dict:
     return batch
 
 
-def _lockstep() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() \
-        and torch.distributed.get_world_size() > 1
-
-
 def embed_batches(model, batches: Iterable[dict], modalities: tuple[str, ...], device: torch.device) -> Rows:
     """Embeddings of every batch of this rank (``skipped`` is left for the caller, who owns the stream)."""
     rows = Rows()
     parts: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
-    lockstep = _lockstep()
+    lockstep = world_size() > 1
     it = iter(batches)
     done = False
     while True:
@@ -84,6 +86,10 @@ def embed_batches(model, batches: Iterable[dict], modalities: tuple[str, ...], d
             parts[m].append(encode_batch(model, m, batch, device).float().cpu())
         rows.ids.extend(batch["ids"])
         rows.labels.extend(batch.get("labels") or [None] * len(batch["ids"]))
+        if "text" in modalities:
+            owner = batch["caption_owner"].tolist() if "caption_owner" in batch else range(len(batch["ids"]))
+            rows.text_owner.extend(batch["ids"][i] for i in owner)
+            rows.captions.extend(batch.get("captions") or [])
     dim = model.config.embed_dim
     rows.emb = {m: torch.cat(p) if p else torch.zeros(0, dim) for m, p in parts.items()}
     return rows

@@ -12,27 +12,25 @@ from collections import Counter
 
 import torch
 
+from .. import distributed
 from .embeddings import Rows
 from .errors import EvalError
 
 
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
 def gather_rows(local: Rows) -> Rows:
     """Every rank's rows concatenated (rank 0's first) on every rank; collective when world size > 1."""
-    world = _world_size()
+    world = distributed.world_size()
     if world == 1:
         return local
     parts: list = [None] * world
-    torch.distributed.all_gather_object(parts, (local.ids, local.labels, local.emb, local.skipped))
+    torch.distributed.all_gather_object(parts, (local.ids, local.labels, local.emb, local.skipped, local.text_owner,
+                                                local.captions))
     merged = Rows(skipped=sum(p[3] for p in parts))
-    for ids, labels, _, _ in parts:
+    for ids, labels, _, _, text_owner, captions in parts:
         merged.ids.extend(ids)
         merged.labels.extend(labels)
+        merged.text_owner.extend(text_owner)
+        merged.captions.extend(captions)
     merged.emb = {m: torch.cat([p[2][m] for p in parts]) for m in local.emb}
     return merged
 
@@ -51,8 +49,14 @@ def in_dataset_order(rows: Rows, total_samples: int, set_name: str) -> Rows:
         raise EvalError(f"evaluation set {set_name}: the ranks produced {len(rows)} samples and skipped "
                         f"{rows.skipped} unreadable ones, but index.json lists {total_samples}: samples were "
                         f"{'missed' if len(rows) + rows.skipped < total_samples else 'added'} (shards changed "
-                        "since their index was written?)")
+                        "since their index was written, or a sizes file trusted by onepeace-index-shards --trust-sizes "
+                        "is wrong: index them again without --trust-sizes)")
     order = sorted(range(len(rows)), key=rows.ids.__getitem__)
     index = torch.tensor(order, dtype=torch.long)
+    # Text rows (one per caption) follow their samples; a sample's captions keep their order.
+    text_order = sorted(range(len(rows.text_owner)), key=rows.text_owner.__getitem__)
+    text_index = torch.tensor(text_order, dtype=torch.long)
     return Rows(ids=[rows.ids[i] for i in order], labels=[rows.labels[i] for i in order],
-                emb={m: e[index] for m, e in rows.emb.items()}, skipped=rows.skipped)
+                emb={m: e[text_index if m == "text" and rows.text_owner else index] for m, e in rows.emb.items()},
+                skipped=rows.skipped, text_owner=[rows.text_owner[i] for i in text_order],
+                captions=[rows.captions[i] for i in text_order] if rows.captions else [])

@@ -60,8 +60,10 @@ def build_periodic_eval(recipe, dist, device: torch.device) -> Callable[[object,
                 continue
             results.update({f"eval/{name}/{k}": v for k, v in result.metrics.items()})
             summary = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.metrics.items() if k.endswith("R@1"))
-            log.info("eval %s at step %d: %d samples, %s (chance %.2f%%) in %.1fs", name, step, result.samples,
-                     summary, 100 / result.samples, time.time() - start)
+            log.info("eval %s at step %d: %d samples, %d captions, %s (chance %.2f%% image/audio->text) in %.1fs%s",
+                     name, step, result.samples, result.captions, summary, 100 * next(
+                         (v for k, v in result.chance.items() if k.endswith("_to_text/R@1")), 0.0),
+                     time.time() - start, "".join(f"; {n}" for n in result.notes))
         return results
 
     return evaluate

@@ -15,7 +15,9 @@ def metric_label(key: str) -> str:
 
 def format_table(result: SetResult, header: dict[str, str]) -> str:
     lines = [f"{k:<8} {v}" for k, v in header.items()]
-    lines.append(f"{'set':<8} {result.name} ({result.kind}, {result.samples} samples, {result.skipped} skipped)")
+    captions = f", {result.captions} captions" if result.captions and result.captions != result.samples else ""
+    lines.append(f"{'set':<8} {result.name} ({result.kind}, {result.samples} samples{captions}, "
+                 f"{result.skipped} skipped)")
     width = max([len(metric_label(k)) for k in result.metrics] + [6])
     lines += ["", f"{'metric':<{width}}  {'value':>7}  {'chance':>7}"]
     for key, value in result.metrics.items():
@@ -26,4 +28,5 @@ def format_table(result: SetResult, header: dict[str, str]) -> str:
 
 def to_json(result: SetResult, header: dict[str, object]) -> dict:
     return {**header, "set": result.name, "kind": result.kind, "samples": result.samples,
-            "skipped": result.skipped, "metrics": result.metrics, "chance": result.chance, "notes": result.notes}
+            "skipped": result.skipped, "captions": result.captions, "duplicate_captions": result.duplicates,
+            "metrics": result.metrics, "chance": result.chance, "notes": result.notes}

@@ -12,7 +12,7 @@ from .classification import (DEFAULT_TEMPLATES, class_prompts, classification_ch
 from .embeddings import embed_batches
 from .errors import EvalError
 from .gather import gather_rows, in_dataset_order
-from .retrieval import retrieval_chance, retrieval_metrics
+from .retrieval import caption_matches, retrieval_chance, retrieval_metrics
 
 PAIR_KINDS = {"image-text": "image", "audio-text": "audio"}  # pair kind -> the modality paired with text
 SINGLE_KINDS = ("image", "audio")
@@ -43,6 +43,8 @@ class SetResult:
     metrics: dict[str, float] = field(default_factory=dict)  # fractions in [0, 1]
     chance: dict[str, float] = field(default_factory=dict)  # what a random model scores, same keys
     notes: list[str] = field(default_factory=list)
+    captions: int = 0  # caption rows of a pair set (several per item in COCO- and Clotho-style sets)
+    duplicates: dict[str, int | bool] = field(default_factory=dict)  # identical captions across items
 
 
 def classified_modality(kind: str) -> str:
@@ -72,8 +74,11 @@ def check_supported(model_config, kind: str, name: str, classify: bool) -> None:
 
 
 def evaluate_stream(model, stream, *, name: str, kind: str, device: torch.device, tokenizer=None,
-                    classifier: Classifier | None = None, prompt_batch_size: int = 64) -> SetResult:
-    """Retrieval for pair sets, classification when ``classifier`` is given (needs ``tokenizer``)."""
+                    classifier: Classifier | None = None, prompt_batch_size: int = 64,
+                    same_caption_is_correct: bool = True) -> SetResult:
+    """Retrieval for pair sets (every caption of every item; identical captions of different items count
+    as matches unless ``same_caption_is_correct`` is False, see ``retrieval``), classification when
+    ``classifier`` is given (needs ``tokenizer``)."""
     check_supported(model.config, kind, name, classifier is not None)
     with torch.no_grad():
         class_emb = None
@@ -92,9 +97,7 @@ def evaluate_stream(model, stream, *, name: str, kind: str, device: torch.device
     if rows.skipped:
         result.notes.append(f"{rows.skipped} unreadable sample(s) skipped by the data pipeline")
     if kind in PAIR_KINDS:
-        other = PAIR_KINDS[kind]
-        result.metrics.update(retrieval_metrics(rows.emb[other], rows.emb["text"], other))
-        result.chance.update(retrieval_chance(len(rows), other))
+        _retrieval(result, rows, PAIR_KINDS[kind], same_caption_is_correct)
     if classifier is not None:
         modality = classified_modality(kind)
         targets = label_targets(rows.labels, rows.ids, classifier.classes, name, classifier.label_file)
@@ -104,3 +107,25 @@ def evaluate_stream(model, stream, *, name: str, kind: str, device: torch.device
         if k < 5:
             result.notes.append(f"only {k} classes: top-{k} reported instead of top-5 (always 100%)")
     return result
+
+
+def _retrieval(result: SetResult, rows, other: str, same_caption_is_correct: bool) -> None:
+    position = {sample_id: i for i, sample_id in enumerate(rows.ids)}
+    owners = torch.tensor([position[o] for o in rows.text_owner], dtype=torch.long)
+    captions = rows.captions if len(rows.captions) == len(rows.text_owner) else None
+    matches = caption_matches(owners, captions, same_caption_is_correct)
+    result.captions = len(rows.text_owner)
+    result.metrics.update(retrieval_metrics(rows.emb[other], rows.emb["text"], other, matches=matches))
+    result.chance.update(retrieval_chance(len(rows), other, matches=matches, num_items=len(rows),
+                                          num_captions=result.captions))
+    if result.captions != len(rows):
+        result.notes.append(f"{result.captions} captions for {len(rows)} items: an item counts as found when any "
+                            "of its captions is retrieved; each caption has one correct item")
+    if captions is not None:
+        result.duplicates = {"captions": matches.twin_captions, "items": matches.twin_items,
+                             "texts": matches.twin_groups, "counted_as_correct": same_caption_is_correct}
+    if matches.twin_captions:
+        rule = ("a retrieved item or caption whose caption is identical to the true one counts as correct"
+                if same_caption_is_correct else "identical captions of other items count as misses (strict rule)")
+        result.notes.append(f"{matches.twin_items} items share {matches.twin_groups} caption text(s) with another "
+                            f"item ({matches.twin_captions} caption rows): {rule}")

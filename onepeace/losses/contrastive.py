@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..checks import value_checks
+from .. import distributed
 
 if torch.distributed.is_available():
     # Imported here, not at first use: importing torch.distributed.nn after init_process_group made a
@@ -16,12 +17,6 @@ if torch.distributed.is_available():
     from torch.distributed.nn.functional import all_gather
 
 LOGIT_SCALE_MAX = math.log(100.0)
-
-
-def _world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _check_same_batch(batch: int, rank: int, world: int, device: torch.device) -> None:
@@ -51,7 +46,7 @@ def contrastive_loss(a: Tensor, b: Tensor, logit_scale: Tensor, *, gather: bool 
     a, b = a.to(dtype), b.to(dtype)
     batch = a.shape[0]
     labels = torch.arange(batch, device=a.device)
-    rank, world = _world() if gather else (0, 1)
+    rank, world = (distributed.rank(), distributed.world_size()) if gather else (0, 1)
     if world > 1:
         if value_checks():  # a collective and a host read; training batches are full by construction
             _check_same_batch(batch, rank, world, a.device)

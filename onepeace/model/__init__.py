@@ -1,6 +1,7 @@
 """The ONE-PEACE model: plain nn.Module code (no training, data or DeepSpeed imports)."""
 
-from .adapters import AudioAdapter, TextAdapter, VisionAdapter, audio_frame_count
+from ..geometry import audio_frame_count
+from .adapters import AudioAdapter, TextAdapter, VisionAdapter
 from .decoder import DenoisingDecoder
 from .encoder import FusionEncoder, FusionLayer, GeGLU
 from .onepeace import OnePeace

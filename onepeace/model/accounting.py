@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..config import ModelConfig, to_dict
-from .adapters import audio_frame_count
+from ..geometry import audio_frame_count, max_samples_for_frames
+from .parameters import component_of
 
 # Standard inputs for FLOP figures: a 256x256 image (257 tokens), 71 text tokens + CLS (72), 15 s audio.
 AUDIO_SECONDS = 15.0
@@ -24,7 +25,7 @@ BF16_PEAK_TFLOPS = OrderedDict([
 
 
 def parameter_groups(model: nn.Module) -> "OrderedDict[str, int]":
-    """Parameters per component. Shared attention includes the two pre-norms and LayerScale."""
+    """Parameters per component (``model/parameters.py`` names them)."""
     groups: OrderedDict[str, int] = OrderedDict()
     for m in ("image", "audio", "text"):
         groups[f"{m} adapter"] = 0
@@ -37,32 +38,15 @@ def parameter_groups(model: nn.Module) -> "OrderedDict[str, int]":
     groups["heads"] = 0
     groups["decoder"] = 0
     for name, p in model.named_parameters():
-        groups[_group_of(name)] += p.numel()
+        groups[component_of(name)] += p.numel()
     return OrderedDict((k, v) for k, v in groups.items() if v or k in ("shared attention", "heads"))
-
-
-def _group_of(name: str) -> str:
-    parts = name.split(".")
-    if parts[0] == "adapters":
-        return f"{parts[1]} adapter"
-    if parts[0] == "rel_bias":
-        return f"{parts[2]} relative position table"
-    if parts[0] == "encoder" and parts[1] == "layers":
-        return f"{parts[4]} FFNs" if parts[3] == "ffn" else "shared attention"
-    if parts[0] == "encoder" and parts[1] == "final_norm":
-        return "final norms"
-    if parts[0] in ("proj", "logit_scale"):
-        return "heads"
-    if parts[0] == "decoder":
-        return "decoder"
-    raise KeyError(f"parameter {name} belongs to no component")
 
 
 def vision_branch_params(model: nn.Module) -> int:
     """Vision adapter + shared attention + image relative table + image FFNs + image final norm."""
     total = 0
     for name, p in model.named_parameters():
-        group = _group_of(name)
+        group = component_of(name)
         if group in ("image adapter", "shared attention", "image relative position table", "image FFNs") or \
                 name.startswith("encoder.final_norm.image."):
             total += p.numel()
@@ -79,7 +63,7 @@ def sample_inputs(config: ModelConfig, kind: str, batch: int = 1, device: str | 
     if "image" in kind:
         inputs["image"] = torch.zeros(batch, 3, config.image_size, config.image_size, device=device)
     if "audio" in kind:
-        seconds = min(AUDIO_SECONDS, (config.max_audio_frames * 320 + 399) / config.sample_rate)
+        seconds = min(AUDIO_SECONDS, max_samples_for_frames(config.max_audio_frames) / config.sample_rate)
         inputs["audio"] = torch.zeros(batch, int(seconds * config.sample_rate), device=device)
     return inputs
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -10,31 +10,34 @@ from torch import nn
 
 from ..checks import value_checks
 from ..config import ModelConfig
+from ..geometry import AUDIO_CONV_LAYERS, AUDIO_RECEPTIVE_FIELD, audio_frame_count, max_samples_for_frames
 from ..ops.norm import layer_norm
+from .init import trunc_normal_
 from .position import resize_abs_positions
 
-# wav2vec 2.0 feature extractor layers as (kernel, stride); 320 samples per frame, 400-sample receptive field.
-AUDIO_CONV_LAYERS: tuple[tuple[int, int], ...] = ((10, 5),) + ((3, 2),) * 4 + ((2, 2),) * 2
-AUDIO_RECEPTIVE_FIELD = 400
 
 
-def audio_frame_count(num_samples: int | torch.Tensor) -> int | torch.Tensor:
-    """Frames the audio conv stack produces for ``num_samples`` waveform samples (0 if too short)."""
-    n = num_samples
-    for kernel, stride in AUDIO_CONV_LAYERS:
-        if isinstance(n, torch.Tensor):
-            n = torch.div(n - kernel, stride, rounding_mode="floor") + 1
-            n = n.clamp(min=0)
-        else:
-            n = max((n - kernel) // stride + 1, 0)
-    return n
-
+# (content tokens [B, k, D], their padding [B, k] or None) -> position features to add, [B, k, D]
+PositionHook = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 class AdapterOutput(NamedTuple):
     tokens: torch.Tensor  # [B, 1 + n, D], CLS first
     padding_mask: torch.Tensor | None  # [B, 1 + n], True = padding; None when the input has no padding mask
     # (images). Text and audio always carry one: deciding that nothing is padded would read device values.
+    # Positions still to add to the content tokens (CLS excluded), computed from the tokens a view keeps.
+    # The audio adapter leaves its conv position embedding here, so a masked view runs it on its visible
+    # frames only, after the masked ones are dropped. None: the tokens already carry their positions.
+    positions: PositionHook | None = None
+
+    def with_positions(self) -> "AdapterOutput":
+        """The output with positions added over all tokens (the view that keeps everything)."""
+        if self.positions is None:
+            return self
+        content = self.tokens[:, 1:]
+        pad = None if self.padding_mask is None else self.padding_mask[:, 1:]
+        tokens = torch.cat([self.tokens[:, :1], content + self.positions(content, pad)], dim=1)
+        return AdapterOutput(tokens, self.padding_mask)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -46,6 +49,21 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class FeatureConv(nn.Conv1d):
+    """A conv of the audio feature extractor: He-normal weights, as wav2vec 2.0 and the official model."""
+
+    def init_weights(self) -> None:
+        nn.init.kaiming_normal_(self.weight)
+
+
+class PositionConv(nn.Conv1d):
+    """A conv of the audio position embedding: PyTorch's default init, bias included (the official model
+    leaves these convs as PyTorch makes them)."""
+
+    def init_weights(self) -> None:
+        self.reset_parameters()
 
 
 class VisionAdapter(nn.Module):
@@ -63,6 +81,10 @@ class VisionAdapter(nn.Module):
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.image_grid**2 + 1, d))
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.cls_token)
+        trunc_normal_(self.pos_embed)
 
     @property
     def grid(self) -> int:
@@ -91,7 +113,12 @@ class VisionAdapter(nn.Module):
 class AudioAdapter(nn.Module):
     """wav2vec 2.0 conv feature extractor (LayerNorm variant, no conv bias), projection to the model
     width, and a data2vec-2 style convolutional relative position embedding. The CLS token has its own
-    learned position; there are no absolute positions."""
+    learned position; there are no absolute positions.
+
+    :meth:`features` stops before the position convs and hands them on as ``positions``: the views of a
+    batch share the expensive feature extractor, and each view runs the cheap position convs on the
+    frames it keeps (masked content must not reach visible frames through them). :meth:`forward` is
+    both, over all frames."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -99,14 +126,14 @@ class AudioAdapter(nn.Module):
         layers: list[nn.Module] = []
         in_ch = 1
         for kernel, stride in AUDIO_CONV_LAYERS:
-            layers += [nn.Conv1d(in_ch, c, kernel, stride=stride, bias=False), ChannelLayerNorm(c, eps), nn.GELU()]
+            layers += [FeatureConv(in_ch, c, kernel, stride=stride, bias=False), ChannelLayerNorm(c, eps), nn.GELU()]
             in_ch = c
         self.feature_extractor = nn.Sequential(*layers)
         self.feature_norm = layer_norm(c, eps)
         self.feature_proj = nn.Linear(c, d)
         k, g = config.audio_pos_conv_kernel, config.audio_pos_conv_groups
         self.pos_conv = nn.ModuleList(
-            nn.Sequential(nn.Conv1d(d, d, k, padding=k // 2, groups=g),
+            nn.Sequential(PositionConv(d, d, k, padding=k // 2, groups=g),
                           ChannelLayerNorm(d, eps, elementwise_affine=False), nn.GELU())
             for _ in range(config.audio_pos_conv_layers)
         )
@@ -114,7 +141,15 @@ class AudioAdapter(nn.Module):
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, d))
         self.max_frames = config.max_audio_frames
 
+    def init_weights(self) -> None:
+        trunc_normal_(self.cls_token)
+        trunc_normal_(self.cls_pos)
+
     def forward(self, waveforms: torch.Tensor, padding_mask: torch.Tensor | None = None) -> AdapterOutput:
+        return self.features(waveforms, padding_mask).with_positions()
+
+    def features(self, waveforms: torch.Tensor, padding_mask: torch.Tensor | None = None) -> AdapterOutput:
+        """CLS (with its position) + projected conv features; the frame positions are left to ``positions``."""
         if not torch.is_tensor(waveforms) or waveforms.dim() != 2 or not waveforms.is_floating_point():
             raise ValueError("audio must be a float tensor [B, num_samples] of 16 kHz mono waveforms; got "
                              f"{tuple(waveforms.shape) if torch.is_tensor(waveforms) else type(waveforms).__name__}")
@@ -134,7 +169,7 @@ class AudioAdapter(nn.Module):
         if frames > self.max_frames:
             raise ValueError(f"audio of {S} samples gives {frames} frames, more than the position tables hold "
                              f"(model.max_audio_frames = {self.max_frames}); crop it to at most "
-                             f"{self.max_frames * 320 + 399} samples")
+                             f"{max_samples_for_frames(self.max_frames)} samples")
         x = waveforms.to(self.feature_proj.weight.dtype)
         if padding_mask is not None:
             x = x.masked_fill(padding_mask, 0.0)
@@ -144,17 +179,16 @@ class AudioAdapter(nn.Module):
         if padding_mask is not None:
             frame_lengths = audio_frame_count(lengths)
             frame_pad = torch.arange(frames, device=x.device)[None, :] >= frame_lengths[:, None]
-        x = x + self._conv_positions(x, frame_pad)
         cls = (self.cls_token + self.cls_pos).expand(B, -1, -1)
         x = torch.cat([cls, x], dim=1)
         if frame_pad is not None:
             frame_pad = F.pad(frame_pad, (1, 0), value=False)
-        return AdapterOutput(x, frame_pad)
+        return AdapterOutput(x, frame_pad, self.conv_positions)
 
-
-    def _conv_positions(self, x: torch.Tensor, frame_pad: torch.Tensor | None) -> torch.Tensor:
-        """Relative position features; padded frames are zeroed before every conv so that a clip's
-        features do not depend on how much padding its batch has."""
+    def conv_positions(self, x: torch.Tensor, frame_pad: torch.Tensor | None) -> torch.Tensor:
+        """Relative position features of the frames ``x`` [B, k, D] as they stand side by side; padded
+        frames are zeroed before every conv so that a clip's features do not depend on how much padding
+        its batch has."""
         keep = None if frame_pad is None else (~frame_pad)[:, None, :].to(x.dtype)
         h = x.transpose(1, 2)
         for block in self.pos_conv:
@@ -173,6 +207,10 @@ class TextAdapter(nn.Module):
         self.token_embed = nn.Embedding(config.vocab_size, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.max_text_tokens + 1, d))
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.cls_token)
+        trunc_normal_(self.pos_embed)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> AdapterOutput:
         if not torch.is_tensor(tokens) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):

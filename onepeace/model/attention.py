@@ -25,6 +25,10 @@ class SelfAttention(nn.Module):
         self.inner_norm = layer_norm(dim, eps) if inner_norm else nn.Identity()
         self.out_proj = nn.Linear(dim, dim)
 
+    def init_weights(self) -> None:
+        nn.init.zeros_(self.q_bias)
+        nn.init.zeros_(self.v_bias)
+
     def forward(self, x: torch.Tensor, bias: AttentionBias, backend: str) -> torch.Tensor:
         B, L, D = x.shape
         qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])

@@ -8,6 +8,7 @@ from torch import nn
 from ..config import MODALITIES, ModelConfig
 from ..ops.attention import compute_dtype, padding_only
 from .encoder import FusionEncoder
+from .init import trunc_normal_
 from .outputs import ModalityOutput
 from .position import num_positions
 
@@ -15,8 +16,10 @@ from .position import num_positions
 class DenoisingDecoder(nn.Module):
     """Encoder outputs (visible tokens) -> full sequences -> predictions of the encoder's unmasked output.
 
-    No relative position bias, no LayerScale and no drop path; learned absolute positions and one learned
-    mask token per modality.
+    No relative position bias, no LayerScale and no drop path. Every modality has its own ends, as in the
+    official model: an input projection (encoder width -> decoder width), a mask token, learned absolute
+    positions, a final LayerNorm (inside ``blocks``) and an output head (decoder width -> encoder width).
+    Only the two fusion layers' shared parts (attention, pre-norms) are common to all modalities.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -24,19 +27,23 @@ class DenoisingDecoder(nn.Module):
         d, dd = config.embed_dim, config.decoder_dim
         self.modalities = [m for m in MODALITIES if m in config.modalities]
         sizes = num_positions(config)
-        self.in_proj = nn.Linear(d, dd)
+        self.in_proj = nn.ModuleDict({m: nn.Linear(d, dd) for m in self.modalities})
         self.mask_token = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, dd)) for m in self.modalities})
         self.pos_embed = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, sizes[m], dd)) for m in self.modalities})
         self.blocks = FusionEncoder(dd, config.decoder_depth, config.decoder_heads, config.decoder_ffn_dim,
                                     self.modalities, eps=config.layer_norm_eps)
-        self.out_proj = nn.Linear(dd, d)
+        self.out_proj = nn.ModuleDict({m: nn.Linear(dd, d) for m in self.modalities})
+
+    def init_weights(self) -> None:
+        for p in [*self.mask_token.values(), *self.pos_embed.values()]:
+            trunc_normal_(p)
 
     def forward(self, outputs: dict[str, ModalityOutput], backend: str) -> dict[str, torch.Tensor]:
         """``{modality: [B, 1 + n, D]}`` predictions at every position of the full sequences."""
         seqs, segments, pads = [], [], []
         for modality in [m for m in MODALITIES if m in outputs]:
             out = outputs[modality]
-            x = self.in_proj(out.tokens)
+            x = self.in_proj[modality](out.tokens)
             B, _, dd = x.shape
             n1 = out.num_tokens
             if out.keep is not None:
@@ -57,9 +64,9 @@ class DenoisingDecoder(nn.Module):
                  for p, (_, n) in zip(pads, segments)], dim=1)
         bias = padding_only(key_padding, x.shape[0], x.shape[1])
         bias.prepare(backend, compute_dtype(x), x.device.type)
-        y = self.out_proj(self.blocks(x, segments, [bias] * len(self.blocks.layers), backend))
+        y = self.blocks(x, segments, [bias] * len(self.blocks.layers), backend)
         preds, start = {}, 0
         for modality, n in segments:
-            preds[modality] = y[:, start : start + n]
+            preds[modality] = self.out_proj[modality](y[:, start : start + n])
             start += n
         return preds

@@ -42,12 +42,18 @@ class FusionLayer(nn.Module):
         self.attn = SelfAttention(dim, num_heads, eps)
         self.ffn_norm = layer_norm(dim, eps)
         self.ffn = nn.ModuleDict({m: GeGLU(dim, ffn_dim, eps) for m in modalities})
+        self.layer_scale_init = layer_scale_init
         if layer_scale_init > 0:
             self.gamma1 = nn.Parameter(torch.full((dim,), layer_scale_init))
             self.gamma2 = nn.Parameter(torch.full((dim,), layer_scale_init))
         else:
             self.gamma1 = self.gamma2 = None
         self.drop_path, self.dropout = drop_path, dropout
+
+    def init_weights(self) -> None:
+        for gamma in (self.gamma1, self.gamma2):
+            if gamma is not None:
+                nn.init.constant_(gamma, self.layer_scale_init)
 
     def forward(self, x: torch.Tensor, segments: Segments, bias: AttentionBias, backend: str) -> torch.Tensor:
         update = dict(drop_path=self.drop_path, dropout=self.dropout, training=self.training)

@@ -2,39 +2,37 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
-import os
-from typing import Callable, Collection, ContextManager
+from typing import Collection
 
 import torch
-import yaml
 import torch.nn.functional as F
 from torch import nn
 
+from huggingface_hub import ModelHubMixin
+
 from ..checks import value_checks
-from ..config import MODALITIES, ModelConfig, from_dict, load_yaml, to_dict
+from ..config import MODALITIES, ModelConfig, from_dict, to_dict
 from ..ops.attention import AttentionBias, compute_dtype, flex_compiles, resolve_backend
-from ..ops.norm import is_layer_norm
 from .adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
+from . import hub
 from .decoder import DenoisingDecoder
 from .encoder import FusionEncoder
+from .init import Gather, reset_parameters as reset_model_parameters
 from .outputs import ModalityOutput
 from .position import RelativePositionBias, resize_abs_positions
 
 _ADAPTERS = {"text": TextAdapter, "image": VisionAdapter, "audio": AudioAdapter}
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
-CONFIG_FILE, WEIGHTS_FILE = "config.yaml", "model.pt"
 
 
-def _trunc_normal(t: torch.Tensor) -> None:
-    nn.init.trunc_normal_(t, std=0.02, a=-0.02, b=0.02)
-
-
-class OnePeace(nn.Module):
+class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeace", "multimodal"],
+               repo_url="https://github.com/OFA-Sys/ONE-PEACE", paper_url="https://arxiv.org/abs/2305.11172"):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()
+        config = dataclasses.replace(config)  # our own copy: structural changes never reach the caller's
         self.config = config
         self.modalities = [m for m in MODALITIES if m in config.modalities]
         self.adapters = nn.ModuleDict({m: _ADAPTERS[m](config) for m in self.modalities})
@@ -56,78 +54,51 @@ class OnePeace(nn.Module):
     # Initialisation
     # ---------------------------------------------------------------------------------------------
 
-    def reset_parameters(self, only: Collection[str] | None = None,
-                         gather: Callable[[list[nn.Parameter]], ContextManager] | None = None) -> None:
-        """Linear and embedding weights: truncated normal (std and cut-off 0.02); all biases 0; LayerNorm 1/0;
-        CLS, position and mask tokens like linear weights; relative tables 0; LayerScale at its init;
-        the logit scale at ln(1/0.07). ``only``: re-initialise just these parameter names. ``gather``:
-        a context that makes the given parameters whole while they are written (ZeRO-3 partitions them);
-        the values and the order random numbers are drawn in are the same with or without it."""
+    def init_weights(self) -> None:
+        nn.init.constant_(self.logit_scale, LOGIT_SCALE_INIT)
 
-        def wanted(name: str) -> bool:
-            return only is None or name in only
-
-        gather = gather or (lambda params: contextlib.nullcontext())
-        for prefix, module in self.named_modules():
-            prefix = f"{prefix}." if prefix else ""
-            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-            direct = list(module.parameters(recurse=False))
-            if not direct:
-                continue
-            with gather(direct):
-                if isinstance(module, (nn.Linear, nn.Embedding)) and wanted(prefix + "weight"):
-                    _trunc_normal(weight)
-                elif is_layer_norm(module) and weight is not None and wanted(prefix + "weight"):
-                    nn.init.ones_(weight)
-                if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module):
-                    if isinstance(bias, torch.Tensor) and wanted(prefix + "bias"):
-                        nn.init.zeros_(bias)  # conv weights keep PyTorch's fan-in init
-        with torch.no_grad():
-            for name, param in self.named_parameters():
-                leaf = name.rsplit(".", 1)[-1]
-                if not wanted(name):
-                    continue
-                with gather([param]):
-                    if leaf in ("cls_token", "pos_embed", "cls_pos") or name.startswith("decoder.mask_token"):
-                        _trunc_normal(param)
-                    elif leaf in ("q_bias", "v_bias") or name.startswith("rel_bias.tables"):
-                        param.zero_()
-                    elif leaf in ("gamma1", "gamma2"):
-                        param.fill_(self.config.layer_scale_init)
-                    elif name == "logit_scale":
-                        param.fill_(LOGIT_SCALE_INIT)
+    def reset_parameters(self, only: Collection[str] | None = None, gather: Gather | None = None) -> None:
+        """Initialise all parameters, or just those named in ``only`` (to exactly what a fresh model gets;
+        the others keep their values). Each module initialises its own (see :mod:`.init`): linear and
+        embedding weights truncated normal (std and cut-off 0.02), biases 0, LayerNorm 1/0, conv weights
+        PyTorch's fan-in init; CLS, position and mask tokens like linear weights; relative tables 0;
+        LayerScale at its init; the logit scale at ln(1/0.07). ``gather``: see :func:`.init.reset_parameters`."""
+        reset_model_parameters(self, only, gather)
 
     # ---------------------------------------------------------------------------------------------
     # Saving and loading
     # ---------------------------------------------------------------------------------------------
 
-    @classmethod
-    def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu", **runtime: object) -> "OnePeace":
-        """A model saved by :meth:`save_pretrained` or ``onepeace-export``. Weights are loaded with
-        ``weights_only=True``: no pickled code runs. ``runtime`` overrides fields such as
-        ``attention_backend`` that do not change parameters."""
-        config_file, weights_file = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
-        for f in (config_file, weights_file):
-            if not os.path.isfile(f):
-                raise FileNotFoundError(f"{path} is not an exported ONE-PEACE model: {os.path.basename(f)} is missing")
-        data = load_yaml(config_file)
-        config = from_dict(ModelConfig, {**data.get("model", {}), **runtime}, "model")
-        model = cls(config)
-        state = torch.load(weights_file, map_location=map_location, weights_only=True)
-        model.load_state_dict(state, strict=True)
-        return model
+    # ``from_pretrained(path_or_repo_id, **runtime)`` comes from huggingface_hub's ModelHubMixin: a local
+    # export directory or a Hub repository (see model/hub.py for the layout). ``runtime`` overrides fields
+    # such as ``attention_backend`` that do not change parameters; ``map_location`` places the weights.
 
-    def save_pretrained(self, path: str, extra: dict | None = None, dtype: torch.dtype | None = None) -> None:
-        """``config.yaml`` (the model config plus ``extra``) and ``model.pt`` (a plain state dict)."""
-        os.makedirs(path, exist_ok=True)
-        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool,
+                         local_files_only: bool, token, config: object = None,
+                         map_location: str | torch.device = "cpu", **runtime: object) -> "OnePeace":
+        path = hub.local_copy(model_id, revision, cache_dir, force_download, local_files_only, token)
+        saved, _ = hub.read_export_config(path)  # ``config`` (the mixin's reading of config.json) is not used
+        model = cls(from_dict(ModelConfig, {**to_dict(saved), **runtime}, "model"))
+        model.load_state_dict(hub.load_export_state(path, map_location), strict=True)
+        return model.eval()
+
+    def save_pretrained(self, save_directory: str, *, extra: dict | None = None, dtype: torch.dtype | None = None,
+                        **hub_kwargs: object):
+        """``model.safetensors``, ``config.json`` (the model config plus ``extra``: ``tokenizer``, ``source``)
+        and a model card; ``dtype`` casts floating-point weights (bf16 exports). ``hub_kwargs`` go to
+        ModelHubMixin (``push_to_hub=True, repo_id=...``)."""
+        self._export_options = (extra, dtype)
+        try:
+            return super().save_pretrained(save_directory, **hub_kwargs)
+        finally:
+            del self._export_options
+
+    def _save_pretrained(self, save_directory) -> None:
+        extra, dtype = getattr(self, "_export_options", (None, None))
+        state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
                  for k, v in self.state_dict().items()}
-        tmp = os.path.join(path, WEIGHTS_FILE + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, os.path.join(path, WEIGHTS_FILE))
-        with open(os.path.join(path, CONFIG_FILE + ".tmp"), "w", encoding="utf-8") as f:
-            yaml.safe_dump({"model": to_dict(self.config), **(extra or {})}, f, sort_keys=False)
-        os.replace(os.path.join(path, CONFIG_FILE + ".tmp"), os.path.join(path, CONFIG_FILE))
+        hub.write_export(str(save_directory), self.config, state, extra)
 
     # ---------------------------------------------------------------------------------------------
     # Encoder
@@ -149,7 +120,8 @@ class OnePeace(nn.Module):
         audio_padding_mask: torch.Tensor | None = None,
     ) -> dict[str, AdapterOutput]:
         """The adapters' outputs (CLS + tokens, padding) for the given modalities. This part of a forward
-        does not depend on which tokens a view keeps, so the views of one batch can share it."""
+        does not depend on which tokens a view keeps, so the views of one batch can share it. Audio stops
+        before its conv position embedding, which :meth:`forward_encoder` runs per view on the kept frames."""
         given = {"text": text, "image": image, "audio": audio}
         out = {}
         for m in MODALITIES:
@@ -160,7 +132,7 @@ class OnePeace(nn.Module):
             if m == "text":
                 out[m] = self.adapters[m](text, text_padding_mask)
             elif m == "audio":
-                out[m] = self.adapters[m](audio, audio_padding_mask)
+                out[m] = self.adapters[m].features(audio, audio_padding_mask)
             else:
                 out[m] = self.adapters[m](image)
         return out
@@ -237,11 +209,13 @@ class OnePeace(nn.Module):
     def _drop_masked(
         self, modality: str, out: AdapterOutput, keep: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Gather CLS + visible tokens; returns tokens, padding and local positions (0 = CLS)."""
+        """Gather CLS + visible tokens and add the positions the adapter left to the view (audio: its conv
+        position embedding over the visible frames only); returns tokens, padding and local positions
+        (0 = CLS)."""
         tokens, pad = out.tokens, out.padding_mask
         B, n1, D = tokens.shape
         if keep is None:
-            return tokens, pad, torch.arange(n1, device=tokens.device)[None]
+            return out.with_positions().tokens, pad, torch.arange(n1, device=tokens.device)[None]
         n = n1 - 1
         if not torch.is_tensor(keep) or keep.dim() != 2 or keep.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{modality}_keep must be an integer tensor [B, k] of visible token indices; got "
@@ -259,10 +233,12 @@ class OnePeace(nn.Module):
         keep = keep.long()
         idx = keep.clamp(min=0)
         content = tokens[:, 1:].gather(1, idx[..., None].expand(-1, -1, D))
-        x = torch.cat([tokens[:, :1], content], dim=1)
         drop_pad = keep < 0
         if pad is not None:
             drop_pad = drop_pad | pad[:, 1:].gather(1, idx)
+        if out.positions is not None:
+            content = content + out.positions(content, drop_pad)
+        x = torch.cat([tokens[:, :1], content], dim=1)
         new_pad = F.pad(drop_pad, (1, 0), value=False)
         positions = F.pad(idx + 1, (1, 0), value=0)
         return x, new_pad, positions
@@ -318,8 +294,7 @@ class OnePeace(nn.Module):
         if "image" not in self.adapters:
             raise ValueError("this model has no image branch")
         self.adapters["image"].resize(image_size)
-        self.config.image_size = image_size
-        self.rel_bias.config = self.config
+        self.config.image_size = image_size  # our own copy, shared with rel_bias
         self.rel_bias.resize_image_grid(image_size // 16)
         if self.decoder is not None:
             pos = self.decoder.pos_embed["image"].data

@@ -1,5 +1,7 @@
 """Relative position bias: 1D log-bucketed tables (text, audio), a 2D table (image), one index map.
 
+The 1D buckets are the official ONE-PEACE ones (text bucket size 256: 514 rows; audio 512: 1026 rows).
+
 Every token has a *global position*: its position inside its modality (0 is the modality's CLS) plus
 an offset that stacks the modalities' position ranges ``[text | image | audio]``. One ``[P, P]`` index
 map sends any pair of global positions to a row of the concatenated tables; pairs from different
@@ -22,19 +24,26 @@ from ..config import MODALITIES, ModelConfig
 NUM_SPECIAL = 3
 
 
-def bucket_1d(rel: torch.Tensor, exact: int, max_distance: int, log_buckets: int) -> torch.Tensor:
-    """Signed bucket of a relative distance: exact within ``+-exact``, then ``log_buckets`` log-spaced
-    buckets up to ``max_distance``; farther distances share the last bucket."""
+def bucket_1d(rel: torch.Tensor, bucket_size: int, max_distance: int) -> torch.Tensor:
+    """Signed bucket in ``[-(bucket_size - 1), bucket_size - 1]`` of a relative distance, as the official
+    ONE-PEACE bucketing: with ``mid = bucket_size // 2``, distances up to ``mid`` are exact; beyond, bucket
+    ``mid + ceil(log(d / mid) / log((max_distance - 1) / mid) * (mid - 1))``, so ``mid - 1`` log-spaced
+    buckets per side reach ``max_distance - 1``. Farther distances share the last bucket (the official
+    tables stop there). The log is taken in float32 like the official code, so every bucket matches it.
+
+    The official index is query - key; this is used with key - query. The bucket of ``-d`` is minus the
+    bucket of ``d``, so the two conventions differ by a reversal of the distance rows."""
+    mid = bucket_size // 2
     dist = rel.abs()
-    far = exact + torch.ceil(
-        torch.log(dist.clamp(min=exact + 1).double() / exact) / math.log(max_distance / exact) * log_buckets
-    ).long()
-    bucket = torch.where(dist <= exact, dist, far.clamp(max=exact + log_buckets))
+    ratio = dist.clamp(min=mid).to(torch.float32) / mid
+    far = mid + torch.ceil(torch.log(ratio) / math.log((max_distance - 1) / mid) * (mid - 1)).long()
+    bucket = torch.where(dist <= mid, dist, far.clamp(max=bucket_size - 1))
     return bucket * rel.sign()
 
 
-def table_size_1d(exact: int, log_buckets: int) -> int:
-    return 2 * (exact + log_buckets) + 1 + NUM_SPECIAL
+def table_size_1d(bucket_size: int) -> int:
+    """``2 * bucket_size - 1`` signed distance buckets plus the 3 CLS entries (514 rows for 256)."""
+    return 2 * bucket_size - 1 + NUM_SPECIAL
 
 
 def table_size_2d(grid: int) -> int:
@@ -52,12 +61,12 @@ def _with_cls(content: torch.Tensor, num_distances: int) -> torch.Tensor:
     return out
 
 
-def index_map_1d(num_tokens: int, exact: int, max_distance: int, log_buckets: int) -> torch.Tensor:
-    """``[n+1, n+1]`` table rows for a CLS and ``num_tokens`` tokens in a line."""
+def index_map_1d(num_tokens: int, bucket_size: int, max_distance: int) -> torch.Tensor:
+    """``[n+1, n+1]`` table rows for a CLS and ``num_tokens`` tokens in a line (key - query buckets)."""
     pos = torch.arange(num_tokens)
     rel = pos[None, :] - pos[:, None]
-    content = bucket_1d(rel, exact, max_distance, log_buckets) + exact + log_buckets
-    return _with_cls(content, 2 * (exact + log_buckets) + 1)
+    content = bucket_1d(rel, bucket_size, max_distance) + bucket_size - 1
+    return _with_cls(content, 2 * bucket_size - 1)
 
 
 def index_map_2d(grid: int) -> torch.Tensor:
@@ -122,18 +131,18 @@ class RelativePositionBias(nn.Module):
     def _table_size(self, modality: str) -> int:
         c = self.config
         if modality == "text":
-            return table_size_1d(c.text_rel_exact, c.rel_log_buckets)
+            return table_size_1d(c.text_rel_buckets)
         if modality == "audio":
-            return table_size_1d(c.audio_rel_exact, c.rel_log_buckets)
+            return table_size_1d(c.audio_rel_buckets)
         return table_size_2d(c.image_grid)
 
     def _local_index_map(self, modality: str) -> torch.Tensor:
         c = self.config
         n = num_positions(c)[modality] - 1
         if modality == "text":
-            return index_map_1d(n, c.text_rel_exact, c.rel_max_distance, c.rel_log_buckets)
+            return index_map_1d(n, c.text_rel_buckets, c.rel_max_distance)
         if modality == "audio":
-            return index_map_1d(n, c.audio_rel_exact, c.rel_max_distance, c.rel_log_buckets)
+            return index_map_1d(n, c.audio_rel_buckets, c.rel_max_distance)
         return index_map_2d(c.image_grid)
 
     def _build_index_map(self) -> None:
@@ -156,6 +165,10 @@ class RelativePositionBias(nn.Module):
             start, end = self.position_offset[m], self.position_offset[m] + sizes[m]
             index[start:end, start:end] = self._local_index_map(m) + table_offset[m]
         self.register_buffer("index_map", index, persistent=False)
+
+    def init_weights(self) -> None:
+        for table in self.tables.values():
+            nn.init.zeros_(table)
 
     def unshare(self) -> None:
         """Copy the shared tables into one table per layer (for fine-tuning); outputs do not change."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from typing import Any
@@ -18,46 +17,14 @@ from typing import Any
 import torch
 
 from ..config import ConfigError, ModelConfig, to_dict
-from . import distributed as dist_utils
+from .. import distributed as dist_utils
+from ..files import atomic_write
+from ..runs import COMPLETE, TAG_RE, complete_tags, tag_for
 
 log = logging.getLogger(__name__)
 
-COMPLETE = "COMPLETE.json"
-TAG_RE = re.compile(r"^step(\d{8})$")
 # Fields that do not change parameters or their shapes: a resume may change them.
 RUNTIME_FIELDS = {"attention_backend", "checkpoint_activations", "compile_encoder", "drop_path_rate", "dropout"}
-
-
-def tag_for(step: int) -> str:
-    return f"step{step:08d}"
-
-
-def complete_tags(ckpt_dir: str) -> list[tuple[int, str]]:
-    """(step, tag) of complete checkpoints, oldest first."""
-    if not os.path.isdir(ckpt_dir):
-        return []
-    out = []
-    for name in os.listdir(ckpt_dir):
-        m = TAG_RE.match(name)
-        if m and os.path.isfile(os.path.join(ckpt_dir, name, COMPLETE)):
-            out.append((int(m.group(1)), name))
-    return sorted(out)
-
-
-def find_checkpoint(path: str) -> tuple[str, str]:
-    """``(checkpoints dir, tag)`` from a run directory, a checkpoints directory or one checkpoint."""
-    path = os.path.abspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such run or checkpoint: {path}")
-    if TAG_RE.match(os.path.basename(path)):
-        if not os.path.isfile(os.path.join(path, COMPLETE)):
-            raise ConfigError(f"checkpoint {path} is incomplete (no {COMPLETE}): its save was interrupted")
-        return os.path.dirname(path), os.path.basename(path)
-    for ckpt_dir in (os.path.join(path, "checkpoints"), path):
-        tags = complete_tags(ckpt_dir)
-        if tags:
-            return ckpt_dir, tags[-1][1]
-    raise ConfigError(f"{path} holds no complete checkpoint")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -101,9 +68,9 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_c
     dist_utils.barrier()
     if rank == 0:
         marker = {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.time() - start,
-                  "model": to_dict(model_config), "world_size": _world_size()}
-        _atomic_write(os.path.join(path, COMPLETE), json.dumps(marker, indent=2))
-        _atomic_write(os.path.join(ckpt_dir, "latest"), tag)
+                  "model": to_dict(model_config), "world_size": dist_utils.world_size()}
+        atomic_write(os.path.join(path, COMPLETE), json.dumps(marker, indent=2))
+        atomic_write(os.path.join(ckpt_dir, "latest"), tag)
         _prune(ckpt_dir, keep_last)
         log.info("saved checkpoint %s in %.1fs", path, time.time() - start)
     dist_utils.barrier()
@@ -117,10 +84,10 @@ def load(engine, ckpt_dir: str, tag: str, model_config: ModelConfig, rank: int) 
     with open(os.path.join(path, COMPLETE), encoding="utf-8") as f:
         marker = json.load(f)
     check_compatible(marker["model"], model_config, path)
-    if marker.get("world_size") not in (None, _world_size()):
+    if marker.get("world_size") not in (None, dist_utils.world_size()):
         log.warning("checkpoint %s was saved with %s ranks, resuming with %s: DeepSpeed reshapes the optimizer "
                     "state; the data order will differ from an uninterrupted run", path, marker["world_size"],
-                    _world_size())
+                    dist_utils.world_size())
     loaded, client_state = engine.load_checkpoint(ckpt_dir, tag=tag)
     if loaded is None:
         raise ConfigError(f"DeepSpeed could not load checkpoint {path}")
@@ -132,19 +99,6 @@ def load(engine, ckpt_dir: str, tag: str, model_config: ModelConfig, rank: int) 
         with open(rank_state_file(path, rank), encoding="utf-8") as f:
             client_state["rank_state"] = json.load(f)
     return client_state
-
-
-def _world_size() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _prune(ckpt_dir: str, keep_last: int) -> None:

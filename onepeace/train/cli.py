@@ -1,7 +1,7 @@
 """``python -m onepeace.train`` / ``onepeace-pretrain``: pretraining under deepspeed, torchrun or srun.
 
     deepspeed --num_gpus 8 --module onepeace.train --config stage1_vl_base \\
-        --deepspeed_config ds_configs/zero2_bf16.json --run-dir runs/vl-base --resume auto
+        --deepspeed_config zero2_bf16 --run-dir runs/vl-base --resume auto
     srun python -m onepeace.train --config my_recipe.yaml --set train.steps=1000 --run-dir runs/x
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from ..config import ConfigError
 from ..recipe import Recipe, dump_recipe, load_recipe, shipped_recipes
-from . import checkpoint, distributed as dist_utils
+from .. import distributed as dist_utils, runs
 from .engine import load_ds_config, resolve_ds_config
 from .signals import StopRequest
 
@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.steps=500 --set model.preset=base (repeatable)")
     p.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", default=None,
-                   help="DeepSpeed JSON (ds_configs/*.json); 'auto' values are filled from the recipe. "
+                   help="DeepSpeed JSON file, or a shipped config by name (zero2_bf16, ...: onepeace/ds_configs); "
+                        "'auto' values are filled from the recipe. "
                         "Default: ZeRO stage 1 with everything from the recipe")
     p.add_argument("--run-dir", default=None,
                    help="where config.yaml, log.txt, tensorboard/ and checkpoints/ go (default: runs/<recipe name>)")
@@ -63,14 +64,14 @@ def setup_logging(run_dir: str, rank: int) -> None:
 def resolve_resume(arg: str, run_dir: str) -> tuple[str, str] | None:
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     if arg == "none":
-        if checkpoint.complete_tags(ckpt_dir):
+        if runs.complete_tags(ckpt_dir):
             raise ConfigError(f"{run_dir} already has checkpoints: pass --resume auto to continue that run, or "
                               "choose another --run-dir")
         return None
     if arg == "auto":
-        tags = checkpoint.complete_tags(ckpt_dir)
+        tags = runs.complete_tags(ckpt_dir)
         return (ckpt_dir, tags[-1][1]) if tags else None
-    return checkpoint.find_checkpoint(arg)
+    return runs.find_checkpoint(arg)
 
 
 def micro_batch_size(recipe: Recipe) -> int:
@@ -117,11 +118,11 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
     from ..eval.periodic import build_periodic_eval
     from ..model import OnePeace
     from .trainer import Trainer
-    from . import zero3
-    from .warm_start import freeze_all_but, warm_start
+    from .. import zero3
+    from ..runs import freeze_all_but, warm_start
 
     if dist.is_main:
-        dump_recipe(recipe, os.path.join(run_dir, "config.yaml"))
+        dump_recipe(recipe, os.path.join(run_dir, runs.RUN_CONFIG))
         log.info("run %s: recipe %s, %d rank(s) via %s, device %s, ZeRO stage %s, %s", run_dir, recipe.source,
                  dist.world_size, dist.launcher, device.type, ds.get("zero_optimization", {}).get("stage", 0),
                  recipe.train.precision)
@@ -131,7 +132,6 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
     with zero3.build_context(ds):  # ZeRO-3: partitioned as it is built, never whole on any rank
         model = OnePeace(recipe.model)
     zero3.initialize(model)
-    model.set_activation_checkpointing(recipe.train.activation_checkpointing)
     if recipe.train.init_from and resume is None:
         warm_start(model, recipe.train.init_from, recipe.train.init_exclude, recipe.train.reset)
     trainable, frozen = freeze_all_but(model, recipe.train.trainable)

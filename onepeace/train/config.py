@@ -44,7 +44,6 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float = 3.0
     precision: str = "bf16"  # bf16 | fp16 (CUDA only) | fp32
-    activation_checkpointing: bool = False
     loss_weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
     deterministic: bool = False  # deterministic kernels: bit-identical reruns and resumes, somewhat slower

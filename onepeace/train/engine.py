@@ -10,12 +10,16 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
+from importlib import resources
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..model.parameters import takes_weight_decay
+from ..runs import ENGINE_PREFIX
 from .config import TrainConfig
 from .schedule import cosine_schedule
 
@@ -32,12 +36,31 @@ DEFAULT_DS_CONFIG: dict[str, Any] = {
 }
 
 # Parameters that never get weight decay besides 1-D ones: positions, CLS and mask tokens.
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "cls_pos", "mask_token", "rel_bias.tables", "logit_scale")
+
+
+def shipped_ds_configs() -> list[str]:
+    """Names of the DeepSpeed configs shipped in ``onepeace/ds_configs`` (``zero2_bf16``, ...)."""
+    return sorted(p.name[:-5] for p in resources.files("onepeace").joinpath("ds_configs").iterdir()
+                  if p.name.endswith(".json"))
+
+
+def ds_config_path(name_or_path: str) -> str:
+    """A JSON file, or a shipped config by name from any directory: ``zero2_bf16``, ``zero2_bf16.json``
+    and ``ds_configs/zero2_bf16.json`` all name ``onepeace/ds_configs/zero2_bf16.json``."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    folder, base = os.path.split(name_or_path)
+    name = base[:-5] if base.endswith(".json") else base
+    if folder in ("", "ds_configs") and name in shipped_ds_configs():
+        return str(resources.files("onepeace").joinpath("ds_configs", f"{name}.json"))
+    raise ConfigError(f"DeepSpeed config not found: {name_or_path} (a JSON file, or a shipped config: "
+                      f"{', '.join(shipped_ds_configs())})")
 
 
 def load_ds_config(path: str | None) -> tuple[dict[str, Any], str]:
     if not path:
         return copy.deepcopy(DEFAULT_DS_CONFIG), "the default DeepSpeed config"
+    path = ds_config_path(path)
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f), path
@@ -127,16 +150,13 @@ def skips_nonfinite_steps(ds: dict[str, Any]) -> bool:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices, none on 1-D tensors, positions, CLS/mask tokens, bias tables."""
+    """AdamW groups: decay on matrices, none on 1-D tensors, positions, CLS/mask tokens, bias tables
+    (``model/parameters.py``). ``model`` is a OnePeace or the objective that holds one as ``model``."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        ndim = len(getattr(p, "ds_shape", p.shape))  # a ZeRO-3 partition is flat; its full shape is ds_shape
-        if ndim <= 1 or any(key in name for key in NO_DECAY_NAMES):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (decay if takes_weight_decay(name.removeprefix(ENGINE_PREFIX), p) else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
               {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
     return [g for g in groups if g["params"]]

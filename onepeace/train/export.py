@@ -1,69 +1,55 @@
-"""``onepeace-export RUN_OR_CHECKPOINT OUT_DIR``: consolidated weights (from ZeRO shards) + model config.
+"""``onepeace-export SOURCE OUT_DIR``: consolidated weights (from ZeRO shards) + model config + tokenizer.
 
-The result loads with ``OnePeace.from_pretrained(OUT_DIR)`` (``weights_only`` loading) and carries the
-run's tokenizer, so ``onepeace-eval`` and ``encode_text`` need nothing else.
+SOURCE is a run, one of its checkpoints, or an export in the older ``config.yaml`` + ``model.pt`` layout
+(which this converts). OUT_DIR holds ``model.safetensors``, ``config.json`` and ``tokenizer/`` (see
+``onepeace/model/hub.py``); it loads with ``OnePeace.from_pretrained(OUT_DIR)`` and carries the run's
+tokenizer, so ``onepeace-eval`` and ``encode_text`` need nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import torch
 
-from ..config import ConfigError, load_yaml
-from ..model import OnePeace
-from ..recipe import build_recipe
-from .checkpoint import find_checkpoint
-from .warm_start import load_weights
+from ..config import ConfigError
+from ..data.tokenizer import TokenizerError, copy_tokenizer
+from ..runs import load_model
 
-TOKENIZER_DIR = "tokenizer"
+TOKENIZER_DIR, TOKENIZER_SIDECAR = "tokenizer", "tokenizer.json"
 
 
 def export(source: str, out_dir: str, dtype: str = "fp32") -> str:
-    ckpt_dir, tag = find_checkpoint(source)
-    run_dir = os.path.dirname(ckpt_dir) if os.path.basename(ckpt_dir) == "checkpoints" else ckpt_dir
-    config_file = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(config_file):
-        raise ConfigError(f"{run_dir} has no config.yaml: is {source} a run made by onepeace-pretrain?")
-    recipe = build_recipe(load_yaml(config_file), source=config_file)
-    state = load_weights(os.path.join(ckpt_dir, tag))
-    model = OnePeace(recipe.model)
-    model.load_state_dict(state, strict=True)
-    extra = {"source": {"checkpoint": os.path.join(ckpt_dir, tag), "recipe": config_file}}
-    if recipe.data.tokenizer:
-        extra["tokenizer"] = _copy_tokenizer(recipe.data.tokenizer, out_dir)
-    model.save_pretrained(out_dir, extra=extra, dtype={"fp32": None, "bf16": torch.bfloat16}[dtype])
-    return os.path.join(ckpt_dir, tag)
+    loaded = load_model(source)
+    if os.path.abspath(out_dir) == loaded.source:
+        raise ConfigError(f"{out_dir} is the export being read; write the new export elsewhere")
+    extra = {"source": {"checkpoint": loaded.source, "recipe": loaded.recipe_file} if loaded.recipe_file
+             else {"export": loaded.source}}
+    if loaded.tokenizer:
+        extra["tokenizer"] = _copy_tokenizer(loaded.tokenizer, out_dir)
+    loaded.model.save_pretrained(out_dir, extra=extra, dtype={"fp32": None, "bf16": torch.bfloat16}[dtype])
+    return loaded.source
 
 
 def _copy_tokenizer(sidecar: str, out_dir: str) -> str:
-    """Copy the tokenizer's sidecar and model file next to the weights; returns the sidecar's path there."""
-    with open(sidecar, encoding="utf-8") as f:
-        meta = json.load(f)
-    target = os.path.join(out_dir, TOKENIZER_DIR)
-    os.makedirs(target, exist_ok=True)
-    model_file = os.path.join(os.path.dirname(os.path.abspath(sidecar)), meta["model_file"])
-    shutil.copy2(model_file, os.path.join(target, os.path.basename(model_file)))
-    meta["model_file"] = os.path.basename(model_file)
-    with open(os.path.join(target, "tokenizer.json"), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2)
-    return os.path.join(TOKENIZER_DIR, "tokenizer.json")
+    """Copy the tokenizer's sidecar and files next to the weights; returns the sidecar's path relative to them."""
+    copy_tokenizer(sidecar, os.path.join(out_dir, TOKENIZER_DIR), TOKENIZER_SIDECAR)
+    return os.path.join(TOKENIZER_DIR, TOKENIZER_SIDECAR)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="onepeace-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", help="a run directory (newest complete checkpoint), or one checkpoint directory")
-    p.add_argument("out_dir", help="where config.yaml, model.pt and tokenizer/ are written")
+    p.add_argument("source", help="a run directory (newest complete checkpoint), one checkpoint directory, or an "
+                                  "export in the older config.yaml + model.pt layout")
+    p.add_argument("out_dir", help="where model.safetensors, config.json and tokenizer/ are written")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the saved weights")
     args = p.parse_args(argv)
     try:
         used = export(args.source, args.out_dir, args.dtype)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, TokenizerError) as exc:
         print(f"onepeace-export: error: {exc}", file=sys.stderr)
         return 2
     print(f"exported {used} -> {os.path.abspath(args.out_dir)}")

@@ -9,7 +9,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from ..model.adapters import audio_frame_count
+from .. import distributed
+from ..geometry import audio_frame_count
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,8 @@ class TrainMetrics:
             values = torch.cat([values, torch.stack([self.device_sums[k].reshape(()) for k in device_keys])
                                 .to(self.device)])
         keys = host_keys + device_keys
-        world = 1
-        if torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
+        world = distributed.world_size()
+        if world > 1:
             torch.distributed.all_reduce(values)
         sums = dict(zip(keys, values.tolist()))
         n = max(self.steps, 1)

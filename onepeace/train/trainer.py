@@ -24,8 +24,9 @@ from ..losses import LOGIT_SCALE_MAX
 from ..model import OnePeace
 from ..model.accounting import device_peak_tflops
 from ..recipe import Recipe
-from . import checkpoint, distributed as dist_utils, zero3
-from .distributed import DistEnv
+from .. import distributed as dist_utils, zero3
+from . import checkpoint
+from ..distributed import DistEnv
 from .engine import initialize, skips_nonfinite_steps
 from .metrics import TrainMetrics, count_samples, count_tokens
 from .objective import PretrainObjective

@@ -21,7 +21,8 @@ RANK_SCRIPT = r"""
 import json, os, sys
 import torch.distributed as dist
 from onepeace.config import from_dict, model_config
-from onepeace.data import DataConfig, build_eval_loader, build_train_loader, rank_and_world_size
+from onepeace.data import DataConfig, build_eval_loader, build_train_loader
+from onepeace.distributed import rank_and_world_size
 
 spec = json.load(open(sys.argv[1]))
 rank = int(os.environ["TEST_RANK"])

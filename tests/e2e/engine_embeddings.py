@@ -10,7 +10,9 @@ import torch
 
 from onepeace.model import OnePeace
 from onepeace.recipe import load_recipe
-from onepeace.train import checkpoint, distributed
+from onepeace.runs import find_checkpoint
+from onepeace import distributed
+from onepeace.train import checkpoint
 from onepeace.train.cli import micro_batch_size
 from onepeace.train.engine import initialize, load_ds_config, resolve_ds_config
 from onepeace.train.objective import PretrainObjective
@@ -26,7 +28,7 @@ ds = resolve_ds_config(ds, recipe.train, micro_batch=micro_batch_size(recipe),
 model = OnePeace(recipe.model)
 objective = PretrainObjective(model, {n: t.kind for n, t in recipe.data.train.items()}, recipe.train.loss_weights)
 engine, _, _ = initialize(objective, ds, recipe.train)
-checkpoint.load(engine, *checkpoint.find_checkpoint(run_dir), recipe.model, dist.rank)
+checkpoint.load(engine, *find_checkpoint(run_dir), recipe.model, dist.rank)
 engine.eval()
 
 g = torch.Generator().manual_seed(5)

@@ -32,7 +32,7 @@ def demo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def export(demo, tmp_path_factory) -> Path:
-    """What onepeace-export writes: config.yaml (model + tokenizer path), model.pt, tokenizer/."""
+    """What onepeace-export writes: config.json (model + tokenizer path), model.safetensors, tokenizer/."""
     out = tmp_path_factory.mktemp("export") / "tiny"
     (out / "tokenizer").mkdir(parents=True)
     for name in ("tokenizer.json", "tokenizer.model"):

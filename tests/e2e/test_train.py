@@ -12,6 +12,8 @@ import time
 
 import pytest
 import torch
+
+from onepeace.train.cli import main as train_main
 from train_helpers import (BIN, REPO_ROOT, deepspeed_cmd, free_port, kill_tree, run, scalars, start, tags,
                            wait_for_text, workers, write_recipe)
 
@@ -135,26 +137,12 @@ def test_torchrun_launcher(tmp_path, demo_corpus):
     assert "2 rank(s) via torchrun" in out.stdout
 
 
-def test_contradicting_ds_config_fails_before_training(tmp_path, demo_corpus):
-    recipe = write_recipe(tmp_path / "r.yaml", demo_corpus)
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"gradient_clipping": 1.0, "zero_optimization": {"stage": 2}}))
-    start_time = time.time()
-    out = run([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--deepspeed_config", str(bad),
-               "--run-dir", str(tmp_path / "run")], timeout=120)
-    assert out.returncode == 2
-    assert "gradient_clipping is 1.0 but the recipe gives 3.0 (train.grad_clip)" in out.stderr
-    assert not (tmp_path / "run").exists() and time.time() - start_time < 60
-    again = run([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--set", "train.stpes=3"])
-    assert again.returncode == 2 and "unknown key train.stpes" in again.stderr
-
-
-def test_resume_refuses_another_model(tmp_path, demo_corpus):
+def test_resume_refuses_another_model(tmp_path, demo_corpus, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=1)
     first = run([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--run-dir", str(tmp_path / "run")])
     assert first.returncode == 0, first.stdout[-3000:]
-    fresh = run([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--run-dir", str(tmp_path / "run")])
-    assert fresh.returncode == 2 and "already has checkpoints: pass --resume auto" in fresh.stderr
+    assert train_main(["--config", str(recipe), "--run-dir", str(tmp_path / "run")]) == 2  # in-process: no launcher
+    assert "already has checkpoints: pass --resume auto" in capsys.readouterr().err
     other = run([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--run-dir", str(tmp_path / "run"),
                  "--resume", "auto", "--set", "train.steps=2", "--set", "model.ffn_dim=128"])
     assert other.returncode == 2
@@ -203,6 +191,8 @@ def test_export_then_from_pretrained_gives_the_same_embeddings(tmp_path, demo_co
     assert out.returncode == 0, out.stdout[-3000:]
     exported = run([str(BIN / "onepeace-export"), str(tmp_path / "run"), str(tmp_path / "export")])
     assert exported.returncode == 0, exported.stderr
+    assert {"model.safetensors", "config.json", "tokenizer"} <= set(os.listdir(tmp_path / "export"))
+    assert json.loads((tmp_path / "export" / "config.json").read_text())["tokenizer"] == "tokenizer/tokenizer.json"
     script = REPO_ROOT / "tests" / "e2e" / "engine_embeddings.py"
     out = run(deepspeed_cmd([str(recipe), str(tmp_path / "run"), str(tmp_path / "export"),
                              str(ds_config(tmp_path, 3))], module=None, script=str(script)), timeout=600)

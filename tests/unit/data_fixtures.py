@@ -124,3 +124,33 @@ def corpus(tmp_path_factory) -> dict:
     audio_text = make_audio_text(root, 12, per_shard=4)
     return {"root": root, "image-text": image_text, "audio-text": audio_text,
             "tokenizer": make_tokenizer(root, [image_text, audio_text])}
+
+
+def gpt2_byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character map, restated: printable Latin-1 bytes stand for themselves,
+    the others get 256, 257, ... in byte order."""
+    keep = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    moved = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + n) for n, b in enumerate(moved)}}
+
+
+def write_gpt2_bpe(root, merges: list[tuple[str, str]], in_dict=None) -> tuple[dict[str, int], list[str]]:
+    """Official-format BPE files in ROOT: encoder.json (every byte and every merge result, BPE ids not in
+    alphabet order), vocab.bpe, and a fairseq dict.txt listing the BPE ids ``in_dict`` accepts (all by
+    default) in an order of their own. Returns the encoder and the dict lines."""
+    alphabet = gpt2_byte_alphabet()
+    tokens = [alphabet[b] for b in range(256)]
+    tokens += [a + b for a, b in merges if a + b not in tokens]
+    encoder = {t: (i * 37) % len(tokens) for i, t in enumerate(tokens)}
+    assert len(set(encoder.values())) == len(tokens)
+    kept = [i for i in sorted(encoder.values(), key=lambda i: (-(i % 7), i))
+            if in_dict is None or in_dict(i, {v: k for k, v in encoder.items()}[i])]
+    lines = [f"{i} {1000 - n}" for n, i in enumerate(kept)]
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "encoder.json"), "w", encoding="utf-8") as f:
+        json.dump(encoder, f)
+    with open(os.path.join(root, "vocab.bpe"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    with open(os.path.join(root, "dict.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return encoder, lines

@@ -112,3 +112,62 @@ def test_missing_branch_is_named():
     model = OnePeace(model_config("tiny", modalities=["text", "audio"]))
     with pytest.raises(ValueError, match=r"no image branch \(model.modalities = \['text', 'audio'\]\)"):
         model.forward_encoder(image=torch.randn(1, 3, 64, 64))
+
+
+def test_masked_audio_view_does_not_see_masked_frames(cfg):
+    """The conv position embedding runs after masked frames are dropped, so nothing of a masked frame
+    reaches the visible ones: changing the masked frames' conv features, or the waveform where only masked
+    frames' receptive fields lie, leaves a masked view's encoder output unchanged."""
+    model = OnePeace(cfg).eval()
+    audio = torch.randn(2, 8000)  # 24 frames; frame f reads samples [320 f, 320 f + 400)
+    keep = torch.tensor([[0, 1, 2, 3], [0, 2, 4, 6]])
+    masked_frames = torch.ones(2, 24, dtype=torch.bool)
+    masked_frames.scatter_(1, keep, False)
+    adapted = model.adapt(audio=audio)
+    before = model.forward_encoder(adapted=adapted, audio_keep=keep)["audio"].tokens
+    tokens = adapted["audio"].tokens.clone()
+    tokens[:, 1:][masked_frames] += 5 * torch.randn(int(masked_frames.sum()), tokens.shape[-1])
+    perturbed = adapted["audio"]._replace(tokens=tokens)
+    after = model.forward_encoder(adapted={"audio": perturbed}, audio_keep=keep)["audio"].tokens
+    torch.testing.assert_close(after, before)
+    # end to end from the waveform: sample 0 keeps frames 0-3, which read samples [0, 1360)
+    changed = audio.clone()
+    changed[0, 1360:] = torch.randn(8000 - 1360)
+    view = model.forward_encoder(audio=changed, audio_keep=keep)["audio"].tokens
+    torch.testing.assert_close(view[0], before[0])
+    # the unmasked forward (the denoising target) still runs its positions over all frames
+    full, full_changed = (model.forward_encoder(audio=a)["audio"].tokens for a in (audio, changed))
+    assert not torch.allclose(full_changed[0, 1:5], full[0, 1:5])
+
+
+def test_audio_positions_over_all_frames_without_keep(cfg):
+    """No keep: the same output as the adapter's own forward (positions over every frame), and keeping every
+    frame equals keeping nothing out."""
+    model = OnePeace(cfg).eval()
+    audio = torch.randn(2, 6000)
+    adapter = model.adapters["audio"]
+    expected = model.forward_encoder(adapted={"audio": adapter(audio)})["audio"].tokens
+    full = model.forward_encoder(audio=audio)["audio"].tokens
+    torch.testing.assert_close(full, expected)
+    features = adapter.features(audio)
+    by_hand = features.tokens[:, 1:] + adapter.conv_positions(features.tokens[:, 1:], None)
+    torch.testing.assert_close(adapter(audio).tokens[:, 1:], by_hand)
+    n = audio_frame_count(6000)
+    kept_all = model.forward_encoder(audio=audio, audio_keep=torch.arange(n).expand(2, -1))["audio"].tokens
+    torch.testing.assert_close(kept_all, full, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_audio_view_is_padding_invariant(cfg):
+    """A padded clip in a batch, with padding slots in its keep, gives the same view as the clip alone."""
+    model = OnePeace(cfg).eval()
+    short = torch.randn(4000)
+    batch = torch.randn(2, 8000)
+    batch[0, 4000:] = 0.0
+    pad = torch.zeros(2, 8000, dtype=torch.bool)
+    pad[0, 4000:] = True
+    keep = torch.tensor([[0, 3, 4, 9, -1, -1], [1, 2, 3, 10, 11, 20]])
+    batch[0, :4000] = short
+    together = model.forward_encoder(audio=batch, audio_padding_mask=pad, audio_keep=keep)["audio"]
+    alone = model.forward_encoder(audio=short[None], audio_keep=keep[:1, :4])["audio"]
+    torch.testing.assert_close(together.tokens[0, :5], alone.tokens[0], atol=1e-5, rtol=1e-5)
+    assert together.padding_mask[0].tolist() == [False] * 5 + [True] * 2

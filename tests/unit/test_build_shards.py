@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -207,6 +208,15 @@ def test_same_input_gives_same_shards_whatever_the_workers(tmp_path):
     assert _hashes(f"{tmp_path}/a") == _hashes(f"{tmp_path}/b")
     assert rejects_of(f"{tmp_path}/a") == rejects_of(f"{tmp_path}/b")
     assert index_of(f"{tmp_path}/a")["total_samples"] == 14
+
+
+def test_byte_sizes_si_and_binary():
+    from data_tools.build_shards import parse_bytes
+
+    assert [parse_bytes(t) for t in ("1000000", "12k", "500M", "1G", "1.5GB", "1GiB", "512Mi", "2KiB", "1 TB")] == \
+        [1000000, 12000, 500 * 10**6, 10**9, 1500 * 10**6, 2**30, 512 * 2**20, 2048, 10**12]
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        parse_bytes("1iB")
 
 
 def test_max_shard_bytes_starts_new_shards(tmp_path):

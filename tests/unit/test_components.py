@@ -115,3 +115,55 @@ def test_unshare_rel_bias_leaves_outputs_unchanged():
         model.rel_bias.tables["text"][1].add_(1.0)
     changed = model.forward_encoder(**inputs)
     assert not torch.allclose(changed["text"].tokens, before["text"].tokens)
+
+
+def test_the_model_never_changes_the_config_it_was_given():
+    config = model_config("tiny")
+    model = OnePeace(config)
+    model.unshare_rel_bias()
+    model.resize_image(96)
+    model.set_activation_checkpointing(True)
+    assert config == model_config("tiny")
+    assert (model.config.share_rel_bias, model.config.image_size, model.config.checkpoint_activations) == (
+        False, 96, True)
+    other = OnePeace(config)  # a second model from the same config is the configured one
+    assert other.rel_bias.shared and other.adapters["image"].image_size == 64
+
+
+def test_every_parameter_is_initialised_by_its_module():
+    model = OnePeace(model_config("tiny"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    model.reset_parameters()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_partial_reset_gives_what_a_fresh_model_gets_and_keeps_the_rest():
+    """reset_parameters(only=...) (used by train.reset) re-draws just the named parameters with the fresh
+    model's rules, including parameters held in ParameterDicts and conv weights."""
+    torch.manual_seed(0)
+    model = OnePeace(model_config("tiny"))
+    fresh = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    names = {"logit_scale", "encoder.layers.0.gamma1", "rel_bias.tables.text", "decoder.mask_token.text",
+             "adapters.audio.feature_extractor.0.weight", "encoder.layers.1.attn.qkv.weight",
+             "encoder.layers.1.attn.out_proj.bias", "encoder.final_norm.text.weight"}
+    model.reset_parameters(only=names)
+    for name, p in model.named_parameters():
+        if name not in names:
+            assert torch.equal(p, before[name]), name
+    p = dict(model.named_parameters())
+    for exact in ("logit_scale", "encoder.layers.0.gamma1", "rel_bias.tables.text",
+                  "encoder.layers.1.attn.out_proj.bias", "encoder.final_norm.text.weight"):
+        assert torch.equal(p[exact], fresh[exact]), exact
+    for drawn in ("decoder.mask_token.text", "encoder.layers.1.attn.qkv.weight"):
+        assert p[drawn].abs().max() <= 0.02 and not torch.equal(p[drawn], before[drawn]), drawn
+    conv = p["adapters.audio.feature_extractor.0.weight"]
+    assert 0.8 < conv.std() / math.sqrt(2 / 10) < 1.2  # He-normal over the first conv's fan-in (1 x 10)
+    assert not torch.equal(conv, before["adapters.audio.feature_extractor.0.weight"])
+    with pytest.raises(ValueError, match="no parameters named"):
+        model.reset_parameters(only={"nope"})

@@ -74,3 +74,13 @@ def test_presets_and_validation():
         resolve_model_config({"preset": "tiny", "modalities": ["text", "video"]})
     with pytest.raises(ConfigError, match="attention_backend"):
         model_config("tiny", attention_backend="fast")
+
+
+def test_retired_model_keys():
+    """patch_size is not a setting any more (the stem's stride is 16): old files holding 16 still load, any
+    other value is refused with the reason; the old relative-bucket keys name their replacement."""
+    assert resolve_model_config({"preset": "tiny", "patch_size": 16}) == model_config("tiny")
+    with pytest.raises(ConfigError, match=r"model\.patch_size: .*fixed stride of 16"):
+        resolve_model_config({"preset": "tiny", "patch_size": 8})
+    with pytest.raises(ConfigError, match=r"model\.rel_log_buckets: .*text_rel_buckets"):
+        resolve_model_config({"preset": "tiny", "rel_log_buckets": 32})

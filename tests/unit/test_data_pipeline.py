@@ -14,7 +14,8 @@ from data_fixtures import corpus, index_of, make_image_text, read_tar, write_tar
 from PIL import Image
 
 from onepeace.config import ConfigError, from_dict, model_config
-from onepeace.data import DataConfig, build_eval_loader, build_train_loader, rank_and_world_size
+from onepeace.data import DataConfig, build_eval_loader, build_train_loader
+from onepeace.distributed import rank_and_world_size
 from onepeace.data.pipelines import Placement, TaskPipeline
 from onepeace.data.shards import ShardSpecError
 from onepeace.data.transforms import AudioTransform, ImageTransform, max_audio_samples, random_resized_crop_box
@@ -43,8 +44,15 @@ KEYS = {
 }
 
 
-def check_batch(kind: str, b: dict, size: int) -> None:
-    assert set(b) - {"labels"} == KEYS[kind] - {"labels"}, kind
+EVAL_CAPTION_KEYS = {"caption_tokens", "caption_padding_mask", "caption_owner", "captions"}
+
+
+def check_batch(kind: str, b: dict, size: int, eval: bool = False) -> None:
+    expected = KEYS[kind] | (EVAL_CAPTION_KEYS if eval and "-" in kind else set())
+    assert set(b) - {"labels"} == expected - {"labels"}, kind
+    if eval and "-" in kind:  # every caption of every sample; one caption each in these shards
+        assert b["caption_owner"].tolist() == list(range(size)) and len(b["captions"]) == size
+        assert torch.equal(b["caption_tokens"], b["text_tokens"])
     assert ("labels" in b) >= ("labels" in KEYS[kind])  # text batches mixing sources may carry labels too
     assert len(b["ids"]) == size and all(isinstance(i, str) for i in b["ids"])
     if "images" in b:
@@ -115,7 +123,7 @@ def eval_ids(corpus, folder: str, rank: int = 0, world: int = 1, workers: int = 
     loader = build_eval_loader("image-text", cfg, MODEL, rank=rank, world_size=world)
     ids = []
     for b in loader:
-        check_batch("image-text", b, len(b["ids"]))
+        check_batch("image-text", b, len(b["ids"]), eval=True)
         ids.extend(b["ids"])
     return ids, loader
 

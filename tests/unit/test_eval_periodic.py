@@ -12,7 +12,7 @@ from onepeace.config import ConfigError
 from onepeace.eval.periodic import build_periodic_eval
 from onepeace.model import OnePeace
 from onepeace.recipe import build_recipe
-from onepeace.train.distributed import detect
+from onepeace.distributed import detect
 
 SINGLE = detect({})
 

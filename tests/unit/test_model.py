@@ -1,6 +1,7 @@
 """The whole model: dropped tokens, decoder, heads, precision, presets and the summary CLI."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -84,12 +85,36 @@ def test_decoder_handles_a_padded_pair(model):
     assert torch.isfinite(preds["text"]).all() and torch.isfinite(preds["audio"]).all()
 
 
+def test_decoder_has_its_own_ends_per_modality(model):
+    """Input projection, mask token, positions, final norm and output head are separate per modality, as in
+    the official decoder (decoder_<m>_embed, <m>_mask_token, <m>_adapter positions, <m>_layer_norm,
+    <m>_mask_head): changing the text ends leaves the audio predictions of a pair untouched."""
+    names = {n for n, _ in model.decoder.named_parameters()}
+    for m in ("text", "image", "audio"):
+        assert {f"in_proj.{m}.weight", f"out_proj.{m}.weight", f"mask_token.{m}", f"pos_embed.{m}",
+                f"blocks.final_norm.{m}.weight"} <= names
+    assert model.decoder.in_proj["audio"].weight.shape == (64, 64)  # tiny: decoder_dim 64, embed_dim 64
+    text, audio = torch.randint(3, 1000, (2, 6)), torch.randn(2, 8000)
+    out = model.forward_encoder(text=text, audio=audio, audio_keep=torch.tensor([[0, 1, 7, 20], [3, 4, 5, 6]]))
+    before = model.decode(out)
+    with torch.no_grad():
+        model.decoder.out_proj["text"].weight.add_(1.0)
+    after = model.decode(out)
+    torch.testing.assert_close(after["audio"], before["audio"])
+    assert not torch.allclose(after["text"], before["text"])
+
+
 def test_initialisation_follows_the_reference(model):
     for name, p in model.named_parameters():
         if name.endswith(("qkv.weight", "fc2.weight")) or (name.startswith("proj.") and name.endswith("weight")):
             assert p.abs().max() <= 0.02 + 1e-7 and p.std() > 0.005, name
-        if name.endswith(".bias") and "norm" not in name:
+        if name.endswith(".bias") and "norm" not in name and ".pos_conv." not in name:
             assert (p == 0).all(), name
+        if ".pos_conv." in name and name.endswith(".bias"):  # PyTorch's default, as the official model
+            fan_in = model.adapters["audio"].pos_conv[0][0].weight[0].numel()
+            assert 0 < p.abs().max() <= fan_in**-0.5, name
+        if name.startswith("adapters.audio.feature_extractor.") and p.dim() == 3:  # He-normal (wav2vec 2.0)
+            assert 0.7 < p.std() / math.sqrt(2 / p[0].numel()) < 1.3, name
         if name.startswith("rel_bias.tables"):
             assert (p == 0).all()
         if name.endswith("gamma1"):
@@ -148,15 +173,15 @@ def test_forward_flops_scale_with_tokens():
     assert image == pytest.approx(2 * n_layer_params * 257, rel=0.15)
 
 
-def test_summary_cli_json():
-    out = subprocess.run([sys.executable, "-m", "onepeace.summary", "--preset", "onepeace-4b", "--json"],
-                         capture_output=True, text=True, check=True)
-    data = json.loads(out.stdout)
+def test_summary_cli_json(capsys):
+    from onepeace.summary import main
+
+    assert main(["--preset", "onepeace-4b", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
     assert 3.85e9 < data["total_params"] < 4.15e9 and 1.45e9 < data["vision_branch_params"] < 1.55e9
     assert set(data["forward_flops"]) == {"image", "text", "audio", "image-text", "audio-text"}
     assert data["tokens"]["image"] == 257 and data["tokens"]["text"] == 72 and data["tokens"]["image-text"] == 329
-    bad = subprocess.run([sys.executable, "-m", "onepeace.summary", "--preset", "nope"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown preset 'nope'" in bad.stderr
+    assert main(["--preset", "nope"]) == 2 and "unknown preset 'nope'" in capsys.readouterr().err
 
 
 def test_views_can_share_one_adapter_pass(model):

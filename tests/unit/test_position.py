@@ -1,43 +1,79 @@
 """Relative position bias: bucketing, CLS entries, 2D tables, diagonal blocks, unshare, resize."""
 
+import math
+
+import pytest
 import torch
 
-from onepeace.config import model_config
+from onepeace.config import MODEL_PRESETS, ConfigError, model_config
 from onepeace.model import OnePeace
 from onepeace.model.position import (NUM_SPECIAL, bucket_1d, index_map_1d, index_map_2d, resize_table_2d,
                                      table_size_1d, table_size_2d)
 
 
-def test_bucket_1d_known_distances():
-    rel = torch.tensor([0, 1, -1, 127, 128, -128, 129, -129, 200, 512, 1024, -1024, 5000, -5000])
-    got = bucket_1d(rel, exact=128, max_distance=1024, log_buckets=32).tolist()
-    # exact within +-128; log-spaced beyond; 1024 and farther share the last bucket (128 + 32).
-    assert got[:6] == [0, 1, -1, 127, 128, -128]
-    assert got[6:8] == [129, -129]
-    assert got[10:] == [160, -160, 160, -160]
-    assert 129 < got[8] < got[9] < 160  # 200 and 512 fall strictly between
-    # log spacing: the bucket of d is 128 + ceil(32 * log(d/128) / log(8))
-    assert got[8] == 128 + 7 and got[9] == 128 + 22
+def official_bucket(d: int, bucket_size: int, max_distance: int = 1024) -> int:
+    """The official ONE-PEACE 1D bucket of a (query - key) distance, restated for one number: exact up to
+    mid = bucket_size / 2, then mid + ceil(log(|d| / mid) / log((max_distance - 1) / mid) * (mid - 1)).
+    The official tables cover |d| <= max_distance - 1; farther distances share the last bucket here."""
+    mid = bucket_size // 2
+    a = abs(d)
+    if a <= mid:
+        return d
+    b = mid + math.ceil(math.log(a / mid) / math.log((max_distance - 1) / mid) * (mid - 1))
+    return int(math.copysign(min(b, bucket_size - 1), d))
 
 
-def test_bucket_1d_is_monotone_and_symmetric():
-    rel = torch.arange(-3000, 3001)
-    b = bucket_1d(rel, exact=256, max_distance=1024, log_buckets=32)
-    assert torch.equal(b, -b.flip(0))
-    assert bool((b[1:] >= b[:-1]).all())
-    assert b.abs().max() == 256 + 32
+@pytest.mark.parametrize("bucket_size", [256, 512])
+def test_bucket_1d_matches_the_official_formula(bucket_size):
+    rel = torch.arange(-1100, 1101)
+    got = bucket_1d(rel, bucket_size, 1024).tolist()
+    assert got == [official_bucket(d, bucket_size) for d in rel.tolist()]
+    mid = bucket_size // 2
+    assert got[1100 + mid] == mid and got[1100 + mid + 1] == mid + 1  # exact up to mid inclusive
+    assert got[1100 + 1023] == bucket_size - 1 and len(set(got)) == 2 * bucket_size - 1  # every bucket used
+
+
+def test_official_table_sizes_for_every_preset():
+    assert table_size_1d(256) == 514 and table_size_1d(512) == 1026
+    for preset in MODEL_PRESETS:
+        config = model_config(preset)
+        assert (config.text_rel_buckets, config.audio_rel_buckets, config.rel_max_distance) == (256, 512, 1024)
+    model = OnePeace(model_config("tiny"))
+    assert model.rel_bias.tables["text"].shape[0] == 514 and model.rel_bias.tables["audio"].shape[0] == 1026
+
+
+def test_reversed_official_rows_give_the_official_bias():
+    """The official index is bucket(query - key) + bucket_size - 1; ours is bucket(key - query) + the same.
+    An official table with its distance rows reversed (CLS rows kept) gives the same bias everywhere."""
+    n, bs = 40, 8
+    official_table = torch.randn(table_size_1d(bs), 2)
+    ours_table = torch.cat([official_table[: 2 * bs - 1].flip(0), official_table[2 * bs - 1:]])
+    idx = index_map_1d(n, bs, 32)
+    for q in range(n + 1):
+        for k in range(n + 1):
+            if q == 0 or k == 0:
+                row = 2 * bs - 1 + (2 if q == k == 0 else 0 if q == 0 else 1)
+            else:
+                row = official_bucket(q - k, bs, 32) + bs - 1
+            assert torch.equal(ours_table[idx[q, k]], official_table[row]), (q, k)
 
 
 def test_index_map_1d_cls_entries_and_distances():
-    n, exact, logb = 5, 2, 2
-    idx = index_map_1d(n, exact, 8, logb)
-    num_dist = 2 * (exact + logb) + 1
+    n, bs = 5, 4
+    idx = index_map_1d(n, bs, 8)
+    num_dist = 2 * bs - 1
     assert idx.shape == (n + 1, n + 1)
     assert (idx[0, 1:] == num_dist).all() and (idx[1:, 0] == num_dist + 1).all() and idx[0, 0] == num_dist + 2
-    # token i at position i (1-based in the map), key j: bucket(j - i) + exact + logb
-    assert idx[1, 1] == exact + logb  # distance 0
-    assert idx[1, 2] == exact + logb + 1 and idx[2, 1] == exact + logb - 1
-    assert idx.max() == table_size_1d(exact, logb) - 1
+    # token i at position i (1-based in the map), key j: bucket(j - i) + bs - 1
+    assert idx[1, 1] == bs - 1  # distance 0
+    assert idx[1, 2] == bs and idx[2, 1] == bs - 2
+    assert idx.max() == table_size_1d(bs) - 1
+
+
+def test_rel_bucket_config_is_validated():
+    for bad in (255, 2, 1024):
+        with pytest.raises(ConfigError, match="text_rel_buckets"):
+            model_config("tiny", text_rel_buckets=bad)
 
 
 def test_index_map_2d_matches_beit_formula():

@@ -29,7 +29,8 @@ def test_sidecar_and_fixed_special_ids(tokenizer):
     assert meta == {"model_file": "tok.model", "vocab_size": tokenizer.vocab_size, "pad_id": 0, "unk_id": 1,
                     "eos_id": 2, "lowercase": True, "max_tokens": 70}
     assert tokenizer.vocab_size <= 150
-    assert (tokenizer.sp.pad_id(), tokenizer.sp.unk_id(), tokenizer.sp.eos_id(), tokenizer.sp.bos_id()) == (0, 1, 2, -1)
+    sp = tokenizer.codec.sp
+    assert (sp.pad_id(), sp.unk_id(), sp.eos_id(), sp.bos_id()) == (0, 1, 2, -1)
     assert not tokenizer.word_start[[0, 1, 2]].any()
 
 

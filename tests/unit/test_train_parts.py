@@ -11,13 +11,15 @@ import torch
 from onepeace.config import ConfigError, model_config
 from onepeace.model import OnePeace
 from onepeace.recipe import build_recipe, load_recipe, shipped_recipes
+from onepeace import runs
 from onepeace.train import checkpoint
 from onepeace.train.config import LossWeights, TrainConfig
-from onepeace.train.distributed import detect, first_host
-from onepeace.train.engine import DEFAULT_DS_CONFIG, param_groups, resolve_ds_config
+from onepeace.distributed import detect, first_host
+from onepeace.train.engine import (DEFAULT_DS_CONFIG, ds_config_path, load_ds_config, param_groups,
+                                   resolve_ds_config, shipped_ds_configs)
 from onepeace.train.objective import PretrainObjective
 from onepeace.train.schedule import cosine_factor
-from onepeace.train.warm_start import freeze_all_but, warm_start
+from onepeace.runs import freeze_all_but, warm_start
 
 
 # ---- DeepSpeed config: "auto" filled from the recipe, contradictions refused ---------------------------
@@ -53,17 +55,50 @@ def test_contradictions_are_errors(ds, message):
         resolve(ds, precision="fp32")
 
 
+def test_ds_configs_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = ds_config_path("zero2_bf16")
+    assert os.path.isfile(shipped) and shipped.endswith(os.path.join("onepeace", "ds_configs", "zero2_bf16.json"))
+    assert ds_config_path("zero2_bf16.json") == ds_config_path("ds_configs/zero2_bf16.json") == shipped
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs" / "zero2_bf16.json").write_text("{}")  # a file of that name wins
+    assert ds_config_path("ds_configs/zero2_bf16.json") == "ds_configs/zero2_bf16.json"
+    with pytest.raises(ConfigError, match="not found: zero9 .*shipped config: cpu, "):
+        ds_config_path("zero9")
+    with pytest.raises(ConfigError, match="not found: elsewhere/cpu.json"):
+        ds_config_path("elsewhere/cpu.json")
+
+
+def test_cli_refuses_bad_input_before_anything_starts(tmp_path, capsys, monkeypatch):
+    """In-process: these errors come before any process group, so no launcher is needed."""
+    from onepeace.train.cli import main
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {preset: tiny}\ndata:\n  train:\n    image-text: {sources: [{shards: nowhere}]}\n")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"gradient_clipping": 1.0, "zero_optimization": {"stage": 2}}))
+    assert main(["--config", str(recipe), "--deepspeed_config", str(bad), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "gradient_clipping is 1.0 but the recipe gives 3.0 (train.grad_clip)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(["--config", str(recipe), "--set", "train.stpes=3"]) == 2
+    assert "unknown key train.stpes" in capsys.readouterr().err
+    assert main(["--config", "stage1_vl_huge"]) == 2
+    assert "neither a file nor a shipped recipe (shipped: demo, stage1_vl, stage1_vl_tiny" in capsys.readouterr().err
+    assert main(["--config", str(recipe), "--deepspeed_config", "zero9"]) == 2
+    assert "DeepSpeed config not found: zero9" in capsys.readouterr().err
+
+
 def test_fp16_is_refused_on_cpu():
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve(DEFAULT_DS_CONFIG, precision="fp16")
 
 
 def test_shipped_ds_configs_resolve_with_matching_recipes():
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "ds_configs")
-    for name in sorted(os.listdir(root)):
-        if not name.endswith(".json"):
-            continue
-        ds = json.load(open(os.path.join(root, name)))
+    assert {"cpu", "zero2_bf16", "zero3_offload"} <= set(shipped_ds_configs())
+    for name in shipped_ds_configs():
+        ds, _ = load_ds_config(name)
         precision = "fp16" if "fp16" in name else "bf16"
         out = resolve_ds_config(ds, TrainConfig(precision=precision), micro_batch=4, world_size=8,
                                 device_type="cuda", source=name)
@@ -105,7 +140,9 @@ def test_detect_slurm_maps_variables_and_falls_back_to_localhost():
     d = detect(env)
     assert (d.rank, d.world_size, d.local_rank, d.launcher) == (3, 4, 1, "slurm")
     assert d.master_addr == "127.0.0.1"  # nosuchnode7 does not resolve
-    assert d.master_port == 20000 + 123456 % 20000
+    # Every rank of a job derives the same port without talking to the others; MASTER_PORT overrides it.
+    assert detect({**env, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}).master_port == d.master_port
+    assert 1024 < d.master_port < 65536 and detect({**env, "MASTER_PORT": "4321"}).master_port == 4321
     assert detect({**env, "SLURM_STEP_NODELIST": "localhost"}).master_addr == "localhost"
 
 
@@ -129,26 +166,26 @@ def test_bad_rank_environment_is_an_error():
 def test_only_complete_checkpoints_are_found(tmp_path):
     ckpts = tmp_path / "run" / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, False)):
-        d = ckpts / checkpoint.tag_for(step)
+        d = ckpts / runs.tag_for(step)
         d.mkdir(parents=True)
         if complete:
-            (d / checkpoint.COMPLETE).write_text("{}")
-    assert checkpoint.complete_tags(str(ckpts)) == [(2, "step00000002"), (4, "step00000004")]
-    assert checkpoint.find_checkpoint(str(tmp_path / "run")) == (str(ckpts), "step00000004")
-    assert checkpoint.find_checkpoint(str(ckpts / "step00000002")) == (str(ckpts), "step00000002")
+            (d / runs.COMPLETE).write_text("{}")
+    assert runs.complete_tags(str(ckpts)) == [(2, "step00000002"), (4, "step00000004")]
+    assert runs.find_checkpoint(str(tmp_path / "run")) == (str(ckpts), "step00000004")
+    assert runs.find_checkpoint(str(ckpts / "step00000002")) == (str(ckpts), "step00000002")
     with pytest.raises(ConfigError, match="incomplete"):
-        checkpoint.find_checkpoint(str(ckpts / "step00000006"))
+        runs.find_checkpoint(str(ckpts / "step00000006"))
     with pytest.raises(FileNotFoundError):
-        checkpoint.find_checkpoint(str(tmp_path / "nothing"))
+        runs.find_checkpoint(str(tmp_path / "nothing"))
 
 
 def test_prune_keeps_the_newest_and_drops_abandoned(tmp_path):
     for step in (1, 2, 3, 4):
-        d = tmp_path / checkpoint.tag_for(step)
+        d = tmp_path / runs.tag_for(step)
         d.mkdir()
         if step != 2:
-            (d / checkpoint.COMPLETE).write_text("{}")
-    (tmp_path / checkpoint.tag_for(9)).mkdir()  # a save in progress (newer than every complete one)
+            (d / runs.COMPLETE).write_text("{}")
+    (tmp_path / runs.tag_for(9)).mkdir()  # a save in progress (newer than every complete one)
     checkpoint._prune(str(tmp_path), keep_last=2)
     assert sorted(os.listdir(tmp_path)) == ["step00000003", "step00000004", "step00000009"]
 
@@ -204,6 +241,23 @@ def test_no_weight_decay_on_vectors_positions_and_tokens():
             "decoder.mask_token.image", "encoder.layers.0.attn.q_bias"} <= no_decay_names
     assert "encoder.layers.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    # The engine's module is the objective (names start with "model."): the same split.
+    wrapped = param_groups(PretrainObjective(model, {"pairs": "image-text"}, LossWeights()), 0.05)
+    assert [[id(p) for p in g["params"]] for g in wrapped] == [[id(p) for p in g["params"]] for g in (decay, no_decay)]
+
+
+def test_one_table_names_components_and_weight_decay():
+    from onepeace.model.accounting import parameter_groups
+    from onepeace.model.parameters import classify
+
+    assert classify("adapters.image.pos_embed") == ("image adapter", False)
+    assert classify("encoder.layers.3.ffn.audio.wi.weight") == ("audio FFNs", True)
+    assert classify("encoder.layers.3.attn.qkv.weight") == ("shared attention", True)
+    assert classify("decoder.mask_token.text") == ("decoder", False)
+    with pytest.raises(KeyError, match="encoder.extra.weight belongs to no component: add a rule"):
+        classify("encoder.extra.weight")
+    model = OnePeace(model_config("tiny"))
+    assert sum(parameter_groups(model).values()) == sum(p.numel() for p in model.parameters())
 
 
 # ---- the step objective -----------------------------------------------------------------------------------
@@ -247,6 +301,43 @@ def test_every_shipped_recipe_loads():
     for name in shipped_recipes():
         recipe = load_recipe(name)
         assert recipe.data.train and recipe.train.steps > 0
+
+
+def test_a_stage_recipe_takes_the_size_dependent_values_from_its_preset_row():
+    large = load_recipe("stage1_vl", ["model.preset=large"])
+    assert (large.name, large.model.embed_dim, large.model.depth) == ("stage1_vl_large", 1024, 24)
+    assert (large.data.train["image-text"].batch_size, large.data.eval["image-text"].batch_size) == (32, 32)
+    assert (large.data.num_workers, large.model.checkpoint_activations, large.train.lr) == (6, False, 5e-4)
+    big = load_recipe("stage2_al_4b")  # the old name: the stage recipe at that preset
+    assert big.to_dict() == load_recipe("stage2_al", ["model.preset=onepeace-4b"]).to_dict()
+    assert (big.name, big.model.embed_dim, big.data.train["audio-text"].batch_size) == ("stage2_al_4b", 1536, 16)
+    assert big.model.checkpoint_activations and big.train.init_from == "runs/stage1_vl_4b"
+    assert load_recipe("stage2_al").train.init_from == "runs/stage1_vl_base"  # the file's own preset: base
+    tiny = load_recipe("stage1_vl_tiny", ["data.train.image-text.batch_size=3", "model.checkpoint_activations=true"])
+    assert tiny.data.train["image-text"].batch_size == 3 and tiny.model.checkpoint_activations  # --set wins
+    assert load_recipe("stage1_vl_tiny", ["model.preset=base"]).data.train["image-text"].batch_size == 64
+
+
+def test_preset_rows_must_fit(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {preset: large}\npresets:\n  tiny: {data.num_workers: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets has no row for model.preset 'large'; it has tiny"):
+        load_recipe(str(path))
+    assert load_recipe(str(path), ["model.preset=tiny"]).data.num_workers == 1
+    path.write_text("model: {preset: tiny}\npresets:\n  huge: {data.num_workers: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets names unknown model presets huge"):
+        load_recipe(str(path))
+    path.write_text("model: {preset: tiny}\ndata: {num_workers: 2}\npresets:\n  tiny: {data.num_workers.x: 1}\n")
+    with pytest.raises(ConfigError, match=r"presets.tiny.data.num_workers.x: 'num_workers' is not a mapping"):
+        load_recipe(str(path))
+
+
+def test_one_switch_for_activation_checkpointing():
+    assert "activation_checkpointing" not in TrainConfig.__dataclass_fields__
+    # A run config written when the train section held the switch (and overrode the model's) still loads.
+    old = build_recipe({"model": {"preset": "tiny", "checkpoint_activations": False},
+                        "train": {"activation_checkpointing": True}})
+    assert old.model.checkpoint_activations and OnePeace(old.model).encoder.checkpoint_activations
 
 
 def test_recipe_errors_name_the_key(tmp_path):

@@ -4,7 +4,8 @@ Under ``deepspeed.zero.Init`` every module's parameters are split across the ran
 module is built, so no rank ever holds the whole fp32 model: a rank's peak is its shard plus the
 largest single module. Whatever writes weights after that (our initialisation, a warm start) does it
 module by module inside ``GatheredParameters(..., modifier_rank=0)``: the module is made whole, rank 0's
-values are kept, and it is partitioned again. Without ZeRO-3 every helper here is a plain no-op.
+values are kept, and it is partitioned again. Without ZeRO-3 every helper here is a plain no-op, and
+DeepSpeed is imported only when a ZeRO-3 parameter is seen.
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ from typing import Any, ContextManager, Iterable
 import torch
 from torch import nn
 
-from .engine import zero_stage
-
 
 def build_context(ds: dict[str, Any]) -> ContextManager:
     """The context to build the model in: ``zero.Init`` for ZeRO-3 (parameters partitioned at birth)."""
-    if zero_stage(ds) != 3:
+    if int(ds.get("zero_optimization", {}).get("stage", 0)) != 3:
         return contextlib.nullcontext()
     import deepspeed
 

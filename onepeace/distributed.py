@@ -1,4 +1,5 @@
-"""The one place that reads rank, world size, local rank and the master address from the environment.
+"""The one place that reads rank, world size, local rank and the master address from the environment,
+starts and stops the process group, and answers "which rank am I, how many are we".
 
 Works under the ``deepspeed`` launcher and ``torchrun`` (both set RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*),
 under ``srun`` (SLURM_* variables, mapped here because DeepSpeed never reads them), and as a plain
@@ -134,13 +135,39 @@ def init(dist: DistEnv, timeout_s: int, use_deepspeed: bool = True) -> None:
 
 
 def shutdown() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if initialized():
         torch.distributed.destroy_process_group()
+
+
+def initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def world_size() -> int:
+    """Ranks in the process group; 1 when there is none (a single process)."""
+    return torch.distributed.get_world_size() if initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank in the process group; 0 when there is none."""
+    return torch.distributed.get_rank() if initialized() else 0
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """The process group's placement when it is started, else RANK/WORLD_SIZE (a launcher that has not
+    started the group yet), else (0, 1). Data loaders call it once in the main process to split shards."""
+    if initialized():
+        return rank(), world_size()
+    env = os.environ
+    placement = (_int_env(env, "RANK") if "RANK" in env else 0, _int_env(env, "WORLD_SIZE") if "WORLD_SIZE" in env else 1)
+    if not 0 <= placement[0] < placement[1]:
+        raise ValueError(f"RANK={placement[0]} is not in [0, WORLD_SIZE={placement[1]})")
+    return placement
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+    if world_size() == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
@@ -148,5 +175,5 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def barrier() -> None:
-    if torch.distributed.is_initialized():
+    if initialized():
         torch.distributed.barrier()

@@ -1,0 +1,1 @@
+"""Bridges to other tools and formats: the official ONE-PEACE checkpoints, clip-benchmark (imported on demand)."""
