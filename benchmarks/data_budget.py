@@ -2,7 +2,7 @@
 
 For each preset, the FLOPs of one full stage-1 image-text step (every view, the decoder, the no-grad
 pair target, backward; see benchmarks/train_step.py) are counted with FlopCounterMode on a real CPU step
-at two batch sizes, so the per-sample part and the part that grows with the batch squared (the
+at batch 1 and 2, so the per-sample part and the part that grows with the batch squared (the
 contrastive and denoising similarity matrices) are both known; they are evaluated at the per-GPU
 batch. At ``mfu`` x the device's bf16 peak that gives the samples per second one GPU consumes; divided
 by what one data worker delivers (``--worker-rate``, measured by benchmarks/data_pipeline.py) and
@@ -63,9 +63,9 @@ def main(argv=None) -> dict:
         config = model_config(preset, modalities=["text", "image"], attention_backend="sdpa")
         torch.manual_seed(0)
         module = PretrainObjective(OnePeace(config), {"image-text": "image-text"}, LossWeights())
-        f1, f2 = step_flops(module, config, 2, args.text_len), step_flops(module, config, 4, args.text_len)
-        quad = (f2 - 2 * f1) / 4  # flops(b) = lin * b + quad * b^2
-        lin = f1 / 2 - 2 * quad
+        f1, f2 = step_flops(module, config, 1, args.text_len), step_flops(module, config, 2, args.text_len)
+        quad = (f2 - 2 * f1) / 2  # flops(b) = lin * b + quad * b^2
+        lin = f1 - quad
         per_sample = lin + quad * batch
         samples_per_s = args.mfu * peak / per_sample
         workers = math.ceil(args.headroom * samples_per_s / args.worker_rate)
