@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, __file__.rsplit("/", 2)[0])  # run from a plain checkout
 
 from benchmarks._common import machine_name, pick_device, print_table, synchronize, write_json  # noqa: E402
+from onepeace.checks import set_value_checks  # noqa: E402
 from onepeace.config import MODEL_PRESETS, model_config  # noqa: E402
 from onepeace.data.masking import image_keeps, pad_keeps, text_keeps  # noqa: E402
 from onepeace.model import OnePeace  # noqa: E402
@@ -95,6 +96,7 @@ def deepspeed_engine(module, train: TrainConfig, zero: int, batch: int, device):
 def measure(args, preset: str, checkpointing: bool, device) -> dict:
     config = model_config(preset, modalities=["text", "image"], attention_backend=args.backend,
                           checkpoint_activations=checkpointing, compile_encoder=args.compile)
+    set_value_checks(False)  # as the trainer does: its batches come validated from the data pipeline
     torch.manual_seed(0)
     module = PretrainObjective(OnePeace(config), {"image-text": "image-text"}, LossWeights())
     train = TrainConfig(precision=args.precision, lr=1e-4, warmup_steps=0)
