@@ -64,7 +64,7 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_c
     path = os.path.join(ckpt_dir, tag)
     torch.save(capture_rng(), os.path.join(path, f"rng_rank{rank:05d}.pt"))
     if rank_state is not None:
-        _atomic_write(rank_state_file(path, rank), json.dumps(rank_state))
+        atomic_write(rank_state_file(path, rank), json.dumps(rank_state))
     dist_utils.barrier()
     if rank == 0:
         marker = {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": time.time() - start,
