@@ -175,6 +175,7 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
     from ..eval.periodic import build_periodic_eval
     from ..model import OnePeace
     from .trainer import Trainer
+    from .. import zero3
     from ..runs import freeze_all_but, warm_start
 
     if dist.is_main:
@@ -185,7 +186,9 @@ def _train(recipe: Recipe, ds: dict, run_dir: str, resume, dist, device, stop) -
     if recipe.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(recipe.train.seed)  # identical initial weights on every rank
-    model = OnePeace(recipe.model)
+    with zero3.build_context(ds):  # ZeRO-3: partitioned as it is built, never whole on any rank
+        model = OnePeace(recipe.model)
+    zero3.initialize(model)
     if recipe.train.init_from and resume is None:
         warm_start(model, recipe.train.init_from, recipe.train.init_exclude, recipe.train.reset)
     trainable, frozen = freeze_all_but(model, recipe.train.trainable)

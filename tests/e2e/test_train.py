@@ -52,6 +52,22 @@ def test_zero_stages_train_and_the_loss_falls(tmp_path, demo_corpus, stage):
         assert (run_dir / "config.yaml").is_file() and "step 12/12" in (run_dir / "log.txt").read_text()
 
 
+def test_zero3_built_partitioned_follows_the_zero1_loss_curve(tmp_path, demo_corpus):
+    """ZeRO-3 builds the model under zero.Init and initialises it module by module: same weights, same
+    losses as ZeRO-1 (to float tolerance: the gradient reductions differ in order)."""
+    recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=4)
+    curves = {}
+    for stage in (1, 3):
+        run_dir = tmp_path / f"zero{stage}"
+        out = run(deepspeed_cmd(["--config", str(recipe), "--run-dir", str(run_dir), "--deepspeed_config",
+                                 str(ds_config(tmp_path, stage))]), timeout=600)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+        curves[stage] = scalars(run_dir, "loss/total")
+    assert sorted(curves[3]) == [1, 2, 3, 4]
+    for step, loss in curves[1].items():
+        assert math.isclose(curves[3][step], loss, rel_tol=1e-4), (step, curves)
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, demo_corpus):
     recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=6, save_every=4)
     base = ["--config", str(recipe), "--deepspeed_config", str(ds_config(tmp_path, 2))]
@@ -192,7 +208,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, demo_corpus):
                           max_nonfinite_in_a_row=3)
     out = run([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--run-dir", str(tmp_path / "run")])
     assert out.returncode != 0
-    assert out.stdout.count("skipping this micro-batch") >= 3
+    assert out.stdout.count("skipping this update") >= 3  # dropped by the engine's own gradient check
     assert "3 non-finite losses in a row" in out.stdout + out.stderr
 
 

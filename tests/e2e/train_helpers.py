@@ -36,7 +36,8 @@ def write_recipe(path: Path, corpus: Path, tasks=("image-text",), batch_size: in
                       for t in tasks},
         },
         "train": {"steps": 6, "lr": 2e-3, "min_lr": 1e-3, "warmup_steps": 1, "precision": "fp32", "log_every": 1,
-                  "save_every": 100, "deterministic": True, "data_segment_steps": 3, **train},
+                  "save_every": 100, "deterministic": True, "data_segment_steps": 3,
+                  "signal_check_every": 2, **train},
     }
     path.write_text(yaml.safe_dump(recipe))
     return path
