@@ -69,7 +69,7 @@ def register_outside_forward(objective: nn.Module, model: nn.Module) -> None:
     right at any threshold.)"""
     params = [p for p in outside_forward(model) if is_partitioned(p)]
     if params:
-        from deepspeed.zero import register_external_parameter
+        import deepspeed  # its ``zero`` is an attribute, not an importable submodule
 
         for p in params:
-            register_external_parameter(objective, p)
+            deepspeed.zero.register_external_parameter(objective, p)

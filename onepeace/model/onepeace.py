@@ -45,7 +45,10 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
         self.proj = nn.ModuleDict({m: nn.Linear(config.embed_dim, config.embed_dim) for m in self.modalities})
         self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))  # 1-D: DeepSpeed broadcasts it as bytes
         self.decoder = DenoisingDecoder(config) if config.decoder_depth > 0 else None
-        self.reset_parameters()
+        # Built under ZeRO-3's zero.Init, the submodules' parameters are already split across the ranks:
+        # onepeace.zero3.initialize writes them, gathering one module at a time (same values, same order).
+        if not any(hasattr(p, "ds_id") for p in self.parameters()):
+            self.reset_parameters()
         if config.compile_encoder:
             for layer in self.encoder.layers:
                 layer.compile()
