@@ -173,12 +173,14 @@ class Trainer:
             if self.evaluate is not None and self.train.eval_every and self.step % self.train.eval_every == 0:
                 self._evaluate()
                 last_eval = self.step
-            if self.step % self.train.save_every == 0 and self.step < total:
+            saved = self.step % self.train.save_every == 0 and self.step < total
+            if saved:
                 self.save()
             if dist_utils.any_rank(self.stop.signum is not None, self.device):
                 name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
                 log.warning("received %s: saving a checkpoint at step %d and exiting", name, self.step)
-                self.save()
+                if not saved:  # saving this step again would first unmark its complete checkpoint
+                    self.save()
                 return "stopped"
         self.save()
         if self.evaluate is not None and last_eval != self.step:

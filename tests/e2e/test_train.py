@@ -95,8 +95,9 @@ def test_sigusr1_saves_a_checkpoint_and_exits_cleanly(tmp_path, demo_corpus):
 
 
 def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, demo_corpus):
-    """What scancel or a time limit does: every process, data workers included, gets SIGTERM."""
-    recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=1000)
+    """What scancel or a time limit does: every process, data workers included, gets SIGTERM. The step it
+    stops at was just saved (save_every=1): it is not saved again, which would first unmark it."""
+    recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=1000, save_every=1)
     log = tmp_path / "run.log"
     proc = start([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--run-dir", str(tmp_path / "run")],
                  log)
@@ -107,9 +108,10 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, demo_cor
     finally:
         if proc.poll() is None:
             kill_tree(proc)
-    assert "received SIGTERM" in log.read_text()
-    assert (tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
-            / "COMPLETE.json").is_file()
+    text = log.read_text()
+    newest = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    assert "received SIGTERM" in text and (newest / "COMPLETE.json").is_file()
+    assert text.count(f"saved checkpoint {newest} ") == 1, text[-3000:]
 
 
 def test_torchrun_launcher(tmp_path, demo_corpus):
