@@ -53,8 +53,35 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, where: str) ->
                           "the recipe of that run, or start a new run directory")
 
 
+class CheckpointSaveError(RuntimeError):
+    """A save that failed part-way (a full disk or quota, a write error, a rank lost during it). The
+    message gives the free space, the usual suspect; a directory left without a COMPLETE marker is never
+    resumed from."""
+
+    def __init__(self, path: str, cause: BaseException):
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        try:
+            free = f"{shutil.disk_usage(path).free / 2**20:,.0f} MiB free there now"
+        except OSError:
+            free = "free space unknown"
+        after = ("it was marked complete before the failure" if os.path.isfile(os.path.join(path, COMPLETE)) else
+                 "it has no COMPLETE marker, so --resume auto continues from the previous complete checkpoint")
+        super().__init__(f"could not save checkpoint {path}: {reason} ({free}); {after}")
+
+
 def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_config: ModelConfig,
          keep_last: int, rank: int) -> str:
+    """Save on every rank; a failure raises :class:`CheckpointSaveError` naming the checkpoint (torch's
+    zip writer reports a failed write only as an "unexpected pos" mismatch, gloo a lost rank as a
+    RuntimeError)."""
+    try:
+        return _save(engine, ckpt_dir, step, client_state, model_config, keep_last, rank)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointSaveError(os.path.join(ckpt_dir, tag_for(step)), exc) from exc
+
+
+def _save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_config: ModelConfig,
+          keep_last: int, rank: int) -> str:
     tag = tag_for(step)
     path = os.path.join(ckpt_dir, tag)
     os.makedirs(ckpt_dir, exist_ok=True)

@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    except checkpoint.CheckpointSaveError as exc:
+        log.error("%s", exc)
+        return 1
     finally:
         dist_utils.shutdown()
 

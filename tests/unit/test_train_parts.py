@@ -509,3 +509,26 @@ def test_saving_over_an_older_save_of_the_same_step_drops_its_marker_first(tmp_p
     assert seen == {"complete_during_save": False}
     marker = json.loads((old / runs.COMPLETE).read_text())
     assert marker["files"]["mp_rank_00_model_states.pt"] == 10 and "rng_rank00000.pt" in marker["files"]
+
+
+def test_a_save_that_runs_out_of_space_fails_naming_the_checkpoint_and_leaves_it_unmarked(tmp_path):
+    """A full disk during a save: torch's zip writer reports the failed write only as "unexpected pos";
+    the error must name the checkpoint, and neither its marker nor ``latest`` may be written."""
+    import resource
+
+    class Engine:
+        def save_checkpoint(self, ckpt_dir, tag, client_state, save_latest):
+            os.makedirs(tmp_path / tag, exist_ok=True)
+            torch.save({"w": torch.zeros(1 << 18)}, tmp_path / tag / "mp_rank_00_model_states.pt")  # 1 MiB
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # writes past 64 KiB fail, as on a full disk
+    try:
+        with pytest.raises(checkpoint.CheckpointSaveError) as err:
+            checkpoint.save(Engine(), str(tmp_path), 3, {}, model_config("tiny"), keep_last=3, rank=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(err.value)
+    assert message.startswith(f"could not save checkpoint {tmp_path / 'step00000003'}: ") and "free there now" in message
+    assert "no COMPLETE marker" in message
+    assert not (tmp_path / "step00000003" / runs.COMPLETE).exists() and not (tmp_path / "latest").exists()
