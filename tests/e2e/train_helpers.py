@@ -58,6 +58,12 @@ def deepspeed_cmd(args: list[str], nproc: int = 2, module: str | None = "onepeac
     return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), *target, *args]
 
 
+def launch_cmd(args: list[str], nproc: int = 2) -> list[str]:
+    """``onepeace-launch`` (the deepspeed launcher, stopped cleanly) running the trainer on ``nproc`` ranks."""
+    return [sys.executable, "-m", "onepeace.launch", "--num_gpus", str(nproc), "--master_port", str(free_port()),
+            "--module", "onepeace.train", *args]
+
+
 def shm_leftovers(cmd: list[str]) -> list[str]:
     """DeepSpeed's shared-memory allreduce files of the run ``cmd`` started (by its --master_port) still in
     /dev/shm: each holds 66 MB of memory until removed."""
