@@ -150,6 +150,13 @@ def log_early_error(message: str, where: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
+    try:
+        return _main(argv, stop)
+    finally:
+        stop.restore()
+
+
+def _main(argv: list[str] | None, stop: StopRequest) -> int:
     args = build_parser().parse_args(argv)
     where: dict = {}
     try:
