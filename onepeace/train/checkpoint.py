@@ -58,8 +58,35 @@ def rank_state_file(path: str, rank: int) -> str:
     return os.path.join(path, f"state_rank{rank:05d}.json")
 
 
+class CheckpointSaveError(RuntimeError):
+    """A save that failed part-way (a full disk or quota, a write error, a rank lost during it). The
+    message gives the free space, the usual suspect; a directory left without a COMPLETE marker is never
+    resumed from."""
+
+    def __init__(self, path: str, cause: BaseException):
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        try:
+            free = f"{shutil.disk_usage(path).free / 2**20:,.0f} MiB free there now"
+        except OSError:
+            free = "free space unknown"
+        after = ("it was marked complete before the failure" if os.path.isfile(os.path.join(path, COMPLETE)) else
+                 "it has no COMPLETE marker, so --resume auto continues from the previous complete checkpoint")
+        super().__init__(f"could not save checkpoint {path}: {reason} ({free}); {after}")
+
+
 def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_config: ModelConfig,
          keep_last: int, rank: int, rank_state: dict[str, Any] | None = None) -> str:
+    """Save on every rank; a failure raises :class:`CheckpointSaveError` naming the checkpoint (torch's
+    zip writer reports a failed write only as an "unexpected pos" mismatch, gloo a lost rank as a
+    RuntimeError)."""
+    try:
+        return _save(engine, ckpt_dir, step, client_state, model_config, keep_last, rank, rank_state)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointSaveError(os.path.join(ckpt_dir, tag_for(step)), exc) from exc
+
+
+def _save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_config: ModelConfig,
+          keep_last: int, rank: int, rank_state: dict[str, Any] | None) -> str:
     tag = tag_for(step)
     path = os.path.join(ckpt_dir, tag)
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -153,5 +180,7 @@ def _prune(ckpt_dir: str, keep_last: int) -> None:
     tags = complete_tags(ckpt_dir)
     doomed = [tag for _, tag in tags[:-keep_last]]
     for tag in doomed:
+        # The marker goes first: a kill during the removal leaves a directory that is plainly incomplete.
+        os.remove(os.path.join(ckpt_dir, tag, COMPLETE))
         shutil.rmtree(os.path.join(ckpt_dir, tag), ignore_errors=True)
         log.info("removed old checkpoint %s", tag)

@@ -210,9 +210,10 @@ class Trainer:
             if self.evaluate is not None and self.train.eval_every and self.step % self.train.eval_every == 0:
                 self._evaluate()
                 last_eval = self.step
-            if self.step % self.train.save_every == 0 and self.step < total:
+            saved = self.step % self.train.save_every == 0 and self.step < total
+            if saved:
                 self.save()
-            if self.step % self.train.signal_check_every == 0 and self._stop_requested():
+            if self.step % self.train.signal_check_every == 0 and self._stop_requested(saved):
                 return "stopped"
         self.save()
         if self.evaluate is not None and last_eval != self.step:
@@ -231,13 +232,15 @@ class Trainer:
                 "broken. Lower train.lr, check the data, or resume from an earlier checkpoint")
         return in_a_row
 
-    def _stop_requested(self) -> bool:
-        """Whether any rank got a stop signal; if so, checkpoint. All ranks ask at the same steps."""
+    def _stop_requested(self, saved: bool) -> bool:
+        """Whether any rank got a stop signal; if so, checkpoint (unless this step was just ``saved``:
+        saving it again would first unmark its complete checkpoint). All ranks ask at the same steps."""
         if not dist_utils.any_rank(self.stop.signum is not None, self.device):
             return False
         name = signal.Signals(self.stop.signum).name if self.stop.signum else "a signal on another rank"
         log.warning("received %s: saving a checkpoint at step %d and exiting", name, self.step)
-        self.save()
+        if not saved:
+            self.save()
         return True
 
     def _log(self) -> None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from onepeace.train.cli import main as train_main
-from train_helpers import (BIN, REPO_ROOT, deepspeed_cmd, free_port, kill_tree, run, scalars, start, tags,
-                           wait_for_text, workers, write_recipe)
+from train_helpers import (BIN, REPO_ROOT, deepspeed_cmd, free_port, kill_tree, run, scalars, shm_leftovers, start,
+                           tags, wait_for_text, workers, write_recipe)
 
 pytestmark = pytest.mark.slow
 
@@ -111,8 +111,9 @@ def test_sigusr1_saves_a_checkpoint_and_exits_cleanly(tmp_path, demo_corpus):
 
 
 def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, demo_corpus):
-    """What scancel or a time limit does: every process, data workers included, gets SIGTERM."""
-    recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=1000)
+    """What scancel or a time limit does: every process, data workers included, gets SIGTERM. The step it
+    stops at was just saved (save_every=1): it is not saved again, which would first unmark it."""
+    recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=1000, save_every=1)
     log = tmp_path / "run.log"
     proc = start([sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--run-dir", str(tmp_path / "run")],
                  log)
@@ -123,9 +124,10 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(tmp_path, demo_cor
     finally:
         if proc.poll() is None:
             kill_tree(proc)
-    assert "received SIGTERM" in log.read_text()
-    assert (tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
-            / "COMPLETE.json").is_file()
+    text = log.read_text()
+    newest = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text()
+    assert "received SIGTERM" in text and (newest / "COMPLETE.json").is_file()
+    assert text.count(f"saved checkpoint {newest} ") == 1, text[-3000:]
 
 
 def test_torchrun_launcher(tmp_path, demo_corpus):
@@ -215,7 +217,8 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, demo_corpus):
 def test_a_dead_rank_makes_the_run_fail_instead_of_hang(tmp_path, demo_corpus):
     recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=1000, dist_timeout_s=60)
     log = tmp_path / "run.log"
-    proc = start(deepspeed_cmd(["--config", str(recipe), "--run-dir", str(tmp_path / "run")]), log)
+    cmd = deepspeed_cmd(["--config", str(recipe), "--run-dir", str(tmp_path / "run")])
+    proc = start(cmd, log)
     try:
         wait_for_text(log, "step 1/1000", proc)
         ranks = workers(proc)
@@ -228,3 +231,4 @@ def test_a_dead_rank_makes_the_run_fail_instead_of_hang(tmp_path, demo_corpus):
     assert code != 0 and time.time() - start_time < 90, log.read_text()[-2000:]
     time.sleep(2)
     assert not [p for p in ranks if p.is_running() and p.status() != "zombie"]
+    assert not shm_leftovers(cmd)  # DeepSpeed never removes them; the ranks do, even when killed

@@ -554,3 +554,26 @@ def test_metrics_sum_device_losses_and_read_them_once_when_logged(tmp_path):
     step = {"a": {"text_padding_mask": torch.tensor([[False, False, True], [False, True, True]]),
                   "audio_padding_mask": torch.zeros(2, 720, dtype=torch.bool)}}
     assert count_tokens(step, 16) == 3 + 2 * 2  # 720 samples: 2 frames each
+
+
+def test_a_save_that_runs_out_of_space_fails_naming_the_checkpoint_and_leaves_it_unmarked(tmp_path):
+    """A full disk during a save: torch's zip writer reports the failed write only as "unexpected pos";
+    the error must name the checkpoint, and neither its marker nor ``latest`` may be written."""
+    import resource
+
+    class Engine:
+        def save_checkpoint(self, ckpt_dir, tag, client_state, save_latest):
+            os.makedirs(tmp_path / tag, exist_ok=True)
+            torch.save({"w": torch.zeros(1 << 18)}, tmp_path / tag / "mp_rank_00_model_states.pt")  # 1 MiB
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # writes past 64 KiB fail, as on a full disk
+    try:
+        with pytest.raises(checkpoint.CheckpointSaveError) as err:
+            checkpoint.save(Engine(), str(tmp_path), 3, {}, model_config("tiny"), keep_last=3, rank=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(err.value)
+    assert message.startswith(f"could not save checkpoint {tmp_path / 'step00000003'}: ") and "free there now" in message
+    assert "no COMPLETE marker" in message
+    assert not (tmp_path / "step00000003" / runs.COMPLETE).exists() and not (tmp_path / "latest").exists()
