@@ -25,6 +25,8 @@ run() {  # run a step, keep going on failure, remember it
       --json "$OUT/model_step.json"
     run $PY benchmarks/train_step.py --presets tiny --batch 2 --steps 1 --warmup 0 --engine torch \
       --checkpointing both --json "$OUT/train_step.json"
+    run $PY benchmarks/train_step.py --presets tiny --batch 2 --steps 2 --warmup 1 --engine torch \
+      --checkpointing off --sync-check --json "$OUT/sync_check.json"
   else
     run $PY -m pytest -q -p no:cacheprovider tests/unit/test_attention_backends.py tests/unit/test_compile.py
     run $PY benchmarks/attention.py --dtype bf16 --batch 32 --json "$OUT/attention.json"
@@ -37,6 +39,15 @@ run() {  # run a step, keep going on failure, remember it
     # the GPU image has no DeepSpeed: full stage-1 steps with torch AdamW (same model, losses and masks)
     run $PY benchmarks/train_step.py --presets base,large --batch 64 --engine torch --checkpointing both \
       --json "$OUT/train_step.json"
+    # every host wait of a base step, attributed (set_sync_debug_mode("warn") + value reads)
+    run $PY benchmarks/train_step.py --presets base --batch 32 --steps 3 --warmup 1 --engine torch \
+      --checkpointing off --sync-check --json "$OUT/sync_check.json"
+  fi
+  # the trainer's own sync-free-step test needs DeepSpeed and WebDataset (carried as wheels, if at all)
+  if $PY -c "import deepspeed, webdataset" 2>/dev/null; then
+    run $PY -m pytest -q -p no:cacheprovider tests/e2e/test_sync_free_step.py
+  else
+    echo "=== skipped tests/e2e/test_sync_free_step.py: no deepspeed/webdataset on this machine"
   fi
 } 2>&1 | tee "$OUT/log.txt"
 exit $status

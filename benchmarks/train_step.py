@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, __file__.rsplit("/", 2)[0])  # run from a plain checkout
 
 from benchmarks._common import machine_name, pick_device, print_table, synchronize, write_json  # noqa: E402
+from onepeace.checks import set_value_checks  # noqa: E402
 from onepeace.config import MODEL_PRESETS, model_config  # noqa: E402
 from onepeace.data.masking import image_keeps, pad_keeps, text_keeps  # noqa: E402
 from onepeace.model import OnePeace  # noqa: E402
@@ -95,6 +96,7 @@ def deepspeed_engine(module, train: TrainConfig, zero: int, batch: int, device):
 def measure(args, preset: str, checkpointing: bool, device) -> dict:
     config = model_config(preset, modalities=["text", "image"], attention_backend=args.backend,
                           checkpoint_activations=checkpointing, compile_encoder=args.compile)
+    set_value_checks(False)  # as the trainer does: its batches come validated from the data pipeline
     torch.manual_seed(0)
     module = PretrainObjective(OnePeace(config), {"image-text": "image-text"}, LossWeights())
     train = TrainConfig(precision=args.precision, lr=1e-4, warmup_steps=0)
@@ -122,13 +124,28 @@ def measure(args, preset: str, checkpointing: bool, device) -> dict:
         one()
     synchronize(device)
     seconds = (time.perf_counter() - start) / args.steps
+    syncs = None
+    if args.sync_check:  # the same steps again, every host wait recorded with its site
+        from benchmarks._syncs import HostSyncCounter
+
+        with HostSyncCounter() as counter:
+            for _ in range(args.steps):
+                one()
+        syncs = {}
+        for e in counter.events:
+            key = f"{e['kind']}: {e['owner']} {e['site']}"
+            syncs[key] = syncs.get(key, 0) + 1 / args.steps
+        print_table(["host wait (per step)", "count"], sorted(syncs.items()) or [["none", 0]],
+                    f"host waits per {preset} step ({'set_sync_debug_mode + ' if device.type == 'cuda' else ''}"
+                    "value reads)")
     peak = args.peak_tflops or device_peak_tflops(device)
     tflops = flops / seconds / 1e12
     return dict(preset=preset, engine=f"deepspeed zero{args.zero}" if use_ds else "torch",
                 checkpointing=checkpointing, batch=args.batch, precision=args.precision,
                 backend=module.model.backend_for(device), step_s=seconds, samples_per_s=args.batch / seconds,
                 tflops=tflops, mfu=tflops / peak if peak else None,
-                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+                peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                syncs=syncs)
 
 
 def main(argv=None) -> dict:
@@ -146,6 +163,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--sync-check", action="store_true",
+                   help="repeat the steps recording every host wait (value reads; on CUDA set_sync_debug_mode too)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     device = pick_device(args.device)

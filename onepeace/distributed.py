@@ -132,6 +132,30 @@ def init(dist: DistEnv, timeout_s: int, use_deepspeed: bool = True) -> None:
 
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout,
                                rank=dist.rank, world_size=dist.world_size)
+    if backend == "gloo":
+        _unlink_shm_buffer(dist.rank)
+
+
+SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
+
+
+def shm_buffer(rank: int, env: dict | None = None) -> str:
+    """The shared-memory file DeepSpeed's CPU allreduce creates for ``rank`` (its shm.cpp names it so)."""
+    env = os.environ if env is None else env
+    return SHM_BUFFER.format(uid=os.getuid(), addr=env.get("MASTER_ADDR", ""), port=env.get("MASTER_PORT", ""),
+                             rank=rank)
+
+
+def _unlink_shm_buffer(rank: int) -> None:
+    """DeepSpeed's shared-memory allreduce on CPU (all ranks on one machine) gives each rank a 66 MB file
+    in /dev/shm and never removes it: every run, however it ends, left them behind, in memory, until the
+    machine ran out. Each rank maps every rank's file while DeepSpeed starts; after a barrier all have,
+    so each rank removes the name of its own. The memory stays mapped until the ranks exit, then is freed."""
+    torch.distributed.barrier()
+    try:
+        os.unlink(shm_buffer(rank))
+    except FileNotFoundError:
+        pass  # no shared-memory allreduce (ranks on several machines, or no LOCAL_SIZE: not DeepSpeed's launcher)
 
 
 def shutdown() -> None:

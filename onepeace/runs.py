@@ -26,7 +26,8 @@ import torch
 from .config import ConfigError, load_yaml
 from .data.config import DataConfig
 from .model import OnePeace
-from .model.hub import export_tokenizer, is_export, load_export_state
+from . import zero3
+from .model.hub import export_tokenizer, is_export, lazy_export_state, load_export_state
 from .recipe import Recipe, build_recipe
 from .safe_load import CheckpointFileError, weights_only_loading
 
@@ -198,41 +199,59 @@ def warm_start(model: OnePeace, path: str, exclude: Sequence[str] = (), reset: S
     """Load ``path`` into ``model`` except parameters matching ``exclude``; re-initialise ``reset`` ones.
 
     Every model parameter must be either loaded or excluded, and shapes must agree: a silently half-loaded
-    model would waste a whole run.
+    model would waste a whole run. An export is read one tensor at a time and copied one module at a
+    time, so a model partitioned by ZeRO-3 is never whole on any rank (a ZeRO checkpoint as the source is
+    still consolidated in memory first).
     """
-    state = {k: v for k, v in load_weights(path).items() if not matches(k, exclude)}
-    own = model.state_dict()
-    wrong_shape = [f"{k}: {tuple(v.shape)} in {path}, {tuple(own[k].shape)} here"
-                   for k, v in state.items() if k in own and v.shape != own[k].shape]
+    loaded = lazy_export_state(path) if is_export(path) else load_weights(path)
+    names = [k for k in loaded if not matches(k, exclude)]
+    shape = loaded.shape if hasattr(loaded, "shape") else (lambda k: tuple(loaded[k].shape))
+    own = {k: tuple(zero3.full_shape(v)) for k, v in model.state_dict(keep_vars=True).items()}
+    wrong_shape = [f"{k}: {shape(k)} in {path}, {own[k]} here" for k in names if k in own and shape(k) != own[k]]
     if wrong_shape:
         raise ConfigError("train.init_from: shapes differ: " + "; ".join(wrong_shape[:5]))
-    missing = [k for k in own if k not in state and not matches(k, exclude)]
+    missing = [k for k in own if k not in set(names) and not matches(k, exclude)]
     if missing:
         raise ConfigError(f"train.init_from: {path} lacks {len(missing)} parameters of this model (e.g. "
                           f"{', '.join(missing[:4])}); list them in train.init_exclude to keep their fresh values")
-    unused = [k for k in state if k not in own]
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    unused = [k for k in names if k not in own]
+    _copy_by_module(model, loaded, {k for k in names if k in own})
     to_reset = [n for n, _ in model.named_parameters() if matches(n, reset)]
     if reset and not to_reset:
         raise ConfigError(f"train.reset: {list(reset)} matches no parameter")
-    model.reset_parameters(only=set(to_reset))
-    report = {"loaded": len(state) - len(unused), "excluded": sum(matches(k, exclude) for k in own),
+    model.reset_parameters(only=set(to_reset), gather=zero3.gathered)
+    report = {"loaded": len(names) - len(unused), "excluded": sum(matches(k, exclude) for k in own),
               "unused": len(unused), "reset": len(to_reset)}
     log.info("warm start from %s: %s", path, report)
     return report
 
 
+@torch.no_grad()
+def _copy_by_module(model: OnePeace, state, wanted: set[str]) -> None:
+    """Copy ``state[name]`` for the ``wanted`` names, one module at a time: under ZeRO-3 only that module
+    is ever whole (gathered, rank 0's copy kept)."""
+    for prefix, module in model.named_modules():
+        prefix = f"{prefix}." if prefix else ""
+        params = {prefix + n: p for n, p in module.named_parameters(recurse=False) if prefix + n in wanted}
+        with zero3.gathered(params.values()):
+            for name, p in params.items():
+                p.copy_(state[name])
+        for n, b in module.named_buffers(recurse=False):
+            if prefix + n in wanted:
+                b.copy_(state[prefix + n])
+
+
 def freeze_all_but(model: OnePeace, trainable: Sequence[str]) -> tuple[int, int]:
     """``requires_grad`` only for parameters matching ``trainable`` (all when empty); (trainable, frozen)."""
     if not trainable:
-        n = sum(p.numel() for p in model.parameters())
+        n = sum(zero3.full_numel(p) for p in model.parameters())
         return n, 0
     for name, p in model.named_parameters():
         p.requires_grad_(matches(name, trainable))
-    train_n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    train_n = sum(zero3.full_numel(p) for p in model.parameters() if p.requires_grad)
     if train_n == 0:
         raise ConfigError(f"train.trainable: {list(trainable)} matches no parameter")
-    return train_n, sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return train_n, sum(zero3.full_numel(p) for p in model.parameters() if not p.requires_grad)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import importlib
 _EXPORTS = {
     "DataConfig": "config", "TaskConfig": "config", "SourceConfig": "config", "MaskConfig": "config",
     "build_train_loader": "loaders", "build_eval_loader": "loaders", "DataStream": "loaders", "EvalStream": "loaders",
+    "StreamPosition": "loaders",
     "Tokenizer": "tokenizer", "TokenizerError": "tokenizer", "normalize_caption": "tokenizer",
     "check_data": "loaders", "resolve_shards": "shards", "load_index": "shards", "ShardSpecError": "shards",
     "KINDS": "formats",

@@ -11,13 +11,14 @@ import atexit
 import os
 import signal
 import weakref
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from onepeace.data.config import DataConfig
-from onepeace.data.pipelines import SKIPPED, Placement, TaskPipeline, resolve_task_sources
+from onepeace.data.pipelines import POSITION, SKIPPED, WORKER, Placement, TaskPipeline, resolve_task_sources
 from onepeace.data.shards import ShardSpecError
 from onepeace.data.tokenizer import Tokenizer
 from onepeace.distributed import rank_and_world_size
@@ -33,13 +34,43 @@ class _TrainSteps(IterableDataset):
     def __init__(self, pipelines: dict[str, TaskPipeline], seed: int, rank: int, world_size: int):
         self.pipelines, self.seed, self.rank, self.world_size = pipelines, seed, rank, world_size
         self.epoch = 0
+        self.resume: StreamPosition | None = None
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = worker_and_count()
-        place = Placement(self.rank, self.world_size, worker, workers)
-        streams = {name: p.train_batches(place, self.seed, self.epoch, i) for i, (name, p) in enumerate(self.pipelines.items())}
+        # A resumed stream rotates the workers so that the first batch comes from the worker whose turn
+        # it was (the DataLoader asks its workers in turn), and each worker passes over its raw samples.
+        offset = self.resume.micro_batches % workers if self.resume else 0
+        logical = (worker + offset) % workers
+        starts = self.resume.raw.get(logical, {}) if self.resume else {}
+        place = Placement(self.rank, self.world_size, logical, workers)
+        streams = {name: p.train_batches(place, self.seed, self.epoch, i, start=starts.get(name, 0))
+                   for i, (name, p) in enumerate(self.pipelines.items())}
         while True:
-            yield {name: next(stream) for name, stream in streams.items()}
+            step = {name: next(stream) for name, stream in streams.items()}
+            for batch in step.values():
+                batch[WORKER] = logical
+            yield step
+
+
+@dataclass
+class StreamPosition:
+    """Where a training stream stands within one epoch (a data segment): the micro-batches taken, and for
+    each worker and task the raw samples its stream had read. Small, JSON-friendly, saved in checkpoints."""
+
+    epoch: int
+    workers: int
+    micro_batches: int = 0
+    raw: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "workers": self.workers, "micro_batches": self.micro_batches,
+                "raw": {str(w): dict(t) for w, t in self.raw.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StreamPosition":
+        return cls(int(d["epoch"]), int(d["workers"]), int(d["micro_batches"]),
+                   {int(w): {k: int(v) for k, v in t.items()} for w, t in d["raw"].items()})
 
 
 class _EvalBatches(IterableDataset):
@@ -90,17 +121,34 @@ class DataStream:
         self.dataset, self.rank, self.world_size = dataset, rank, world_size
         self.bad_samples = 0
         workers = data.num_workers
+        self._workers = max(workers, 1)
+        self._position = StreamPosition(0, self._workers)
         self.loader = DataLoader(dataset, batch_size=None, num_workers=workers,
                                  prefetch_factor=data.prefetch_factor if workers > 0 else None,
                                  persistent_workers=False, pin_memory=pin_memory,
                                  worker_init_fn=_defer_stop_signals if workers > 0 else None)
 
-    def set_epoch(self, epoch: int) -> None:
-        """New random streams from the next ``iter()`` on (training): seeds use (seed, epoch, rank, worker)."""
+    def set_epoch(self, epoch: int, resume: StreamPosition | None = None) -> None:
+        """New random streams from the next ``iter()`` on (training): seeds use (seed, epoch, rank, worker).
+        ``resume``: a :meth:`position` of this epoch; the stream continues from there without decoding
+        the samples before it."""
+        if resume is not None and (resume.epoch != epoch or resume.workers != self._workers):
+            raise ValueError(f"cannot resume epoch {epoch} with {self._workers} workers from a position in epoch "
+                             f"{resume.epoch} with {resume.workers} workers")
         self.dataset.epoch = epoch
+        self.dataset.resume = resume
+        self._position = StreamPosition(epoch, self._workers, resume.micro_batches if resume else 0,
+                                        {w: dict(t) for w, t in resume.raw.items()} if resume else {})
 
-    def _count(self, batch: dict) -> dict:
+    def position(self) -> StreamPosition:
+        """Where the training stream stands: what :meth:`set_epoch` needs to continue exactly from here."""
+        return StreamPosition.from_dict(self._position.to_dict())
+
+    def _count(self, batch: dict, name: str | None = None) -> dict:
         self.bad_samples += int(batch.pop(SKIPPED, 0))
+        position, worker = batch.pop(POSITION, None), batch.pop(WORKER, None)
+        if worker is not None:
+            self._position.raw.setdefault(worker, {})[name] = position
         return batch
 
     def close(self) -> None:
@@ -117,9 +165,12 @@ class DataStream:
             _LIVE_ITERATORS.add(iterator)
         for item in iterator:
             if SKIPPED in item:
+                item.pop(POSITION, None)
                 yield self._count(item)
             else:
-                yield {name: self._count(batch) for name, batch in item.items()}
+                step = {name: self._count(batch, name) for name, batch in item.items()}
+                self._position.micro_batches += 1
+                yield step
 
 
 class EvalStream(DataStream):

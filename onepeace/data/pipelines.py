@@ -25,9 +25,12 @@ from onepeace.data.layout import Layout
 from onepeace.data.masking import image_mask_counts
 from onepeace.data.shards import Shard, ShardSet, ShardSpecError, resolve_shards
 from onepeace.data.tokenizer import Tokenizer, normalize_caption
+from onepeace.geometry import AUDIO_RECEPTIVE_FIELD
 from onepeace.data.transforms import AudioTransform, ImageTransform, max_audio_samples
 
 SKIPPED = "_skipped"  # batch key carrying the worker's newly skipped samples to the main process
+POSITION = "_position"  # batch key: raw samples this stream had taken when the batch was complete
+WORKER = "_worker"  # batch key: the (logical) worker whose stream made the batch
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,10 @@ class TaskPipeline:
         self.image_min_side = math.ceil(model.image_size / crop_side)
         self.audio = AudioTransform(max_audio_samples(model.sample_rate, data.max_audio_seconds, model.max_audio_frames),
                                     int(data.min_audio_seconds * model.sample_rate), train)
+        if "audio" in self.kind and self.audio.min_samples < AUDIO_RECEPTIVE_FIELD:
+            # checked here, once, so the model need not read every batch's lengths on the device
+            raise ValueError(f"task {name}: data.min_audio_seconds gives {self.audio.min_samples} samples, fewer than "
+                             f"the audio conv stack's receptive field ({AUDIO_RECEPTIVE_FIELD} samples)")
         word_start = tokenizer.word_start if tokenizer is not None else np.zeros(1, dtype=bool)
         self.spec = CollateSpec(kind=self.kind, pad_id=model.pad_id, word_start=word_start,
                                 num_patches=model.image_grid ** 2, masks=data.masks,
@@ -173,35 +180,47 @@ class TaskPipeline:
                 out["tokens"] = self.tokenizer.encode(captions[pick], self.max_text_tokens)
         return out
 
-    def _batches(self, raw: Iterable[dict], skip: SkipCounter, rng: np.random.Generator,
-                 partial: bool, seed_epoch: tuple[int, int] = (0, 0)) -> Iterator[dict]:
+    def _batches(self, raw: Iterable[dict], skip: SkipCounter, entropy: list[int], partial: bool,
+                 start: int = 0, seed_epoch: tuple[int, int] = (0, 0)) -> Iterator[dict]:
+        """Batches from ``raw`` (whose first ``start`` samples were already consumed). Raw sample ``i``
+        is transformed with its own generator seeded by ``entropy + [i]``, and the batch completed at raw
+        sample ``i`` is masked with ``entropy + [i, 1]``: a stream resumed at a raw position makes the
+        same batches as one that never stopped, without decoding what it skipped."""
         batch: list[dict] = []
         reported = 0
-        for sample in raw:
+        position = start
+        for position, sample in enumerate(raw, start + 1):
             try:
-                batch.append(self.process(sample, rng, seed_epoch))
+                batch.append(self.process(sample, np.random.default_rng([*entropy, position - 1]), seed_epoch))
             except Exception as exc:  # a bad sample must never stop training: count it and go on
                 skip(exc if isinstance(exc, BadSample) else BadSample(f"{type(exc).__name__}: {exc}"),
                      sample.get("__key__"), sample.get("__url__"))
                 continue
             skip.ok()
             if len(batch) == self.batch_size:
-                out = collate(batch, self.spec, rng)
+                out = collate(batch, self.spec, np.random.default_rng([*entropy, position - 1, 1]))
                 out[SKIPPED], reported = skip.count - reported, skip.count
+                out[POSITION] = position
                 yield out
                 batch = []
         if batch and partial:
-            out = collate(batch, self.spec, rng)
+            out = collate(batch, self.spec, np.random.default_rng([*entropy, position, 1]))
             out[SKIPPED] = skip.count - reported
+            out[POSITION] = position
             yield out
 
-    def train_batches(self, place: Placement, seed: int, epoch: int, task_index: int) -> Iterator[dict]:
-        """Endless full batches, seeded by (seed, epoch, rank, worker, task)."""
-        urls_rng, shuffle_rng, sample_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(
-            [seed, epoch, place.rank, place.worker, task_index]).spawn(3))
+    def train_batches(self, place: Placement, seed: int, epoch: int, task_index: int,
+                      start: int = 0) -> Iterator[dict]:
+        """Endless full batches, seeded by (seed, epoch, rank, worker, task). ``start``: raw samples of
+        this stream to pass over first (a resume): they are read from the shards and shuffled as
+        before, but never decoded."""
+        entropy = [seed, epoch, place.rank, place.worker, task_index]
+        urls_rng, shuffle_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(entropy).spawn(2))
         skip = SkipCounter(f"{self.name} (rank {place.rank}, worker {place.worker})")
         raw = shuffled(self._raw_samples(self.train_urls(place, urls_rng), skip), self.shuffle_buffer, shuffle_rng)
-        return self._batches(raw, skip, sample_rng, partial=False, seed_epoch=(seed, epoch))
+        for _ in range(start):
+            next(raw)
+        return self._batches(raw, skip, entropy, partial=False, start=start, seed_epoch=(seed, epoch))
 
     def eval_batches(self, place: Placement, seed: int) -> Iterator[dict]:
         """This (rank, worker)'s share of one ordered pass; the last batch may be short."""
@@ -219,5 +238,4 @@ class TaskPipeline:
                 if pos % place.world_size == place.rank:
                     yield raw
 
-        rng = np.random.default_rng([seed, place.rank, place.worker])
-        return self._batches(positioned(), skip, rng, partial=True)
+        return self._batches(positioned(), skip, [seed, place.rank, place.worker], partial=True)

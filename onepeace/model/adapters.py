@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import value_checks
 from ..config import ModelConfig
 from ..geometry import AUDIO_CONV_LAYERS, AUDIO_RECEPTIVE_FIELD, audio_frame_count, max_samples_for_frames
 from ..ops.norm import layer_norm
@@ -22,7 +23,8 @@ PositionHook = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 class AdapterOutput(NamedTuple):
     tokens: torch.Tensor  # [B, 1 + n, D], CLS first
-    padding_mask: torch.Tensor | None  # [B, 1 + n], True = padding; None when nothing is padded
+    padding_mask: torch.Tensor | None  # [B, 1 + n], True = padding; None when the input has no padding mask
+    # (images). Text and audio always carry one: deciding that nothing is padded would read device values.
     # Positions still to add to the content tokens (CLS excluded), computed from the tokens a view keeps.
     # The audio adapter leaves its conv position embedding here, so a masked view runs it on its visible
     # frames only, after the masked ones are dropped. None: the tokens already carry their positions.
@@ -159,7 +161,7 @@ class AudioAdapter(nn.Module):
             lengths = (~padding_mask).sum(1)
         else:
             lengths = torch.full((B,), S, device=waveforms.device)
-        shortest = AUDIO_RECEPTIVE_FIELD if waveforms.is_meta else int(lengths.min())
+        shortest = AUDIO_RECEPTIVE_FIELD if waveforms.is_meta or not value_checks() else int(lengths.min())
         if shortest < AUDIO_RECEPTIVE_FIELD:
             raise ValueError(f"audio sample {int(lengths.argmin())} has {shortest} samples, shorter than the conv "
                              f"stack's receptive field of {AUDIO_RECEPTIVE_FIELD} samples (25 ms at 16 kHz)")
@@ -177,8 +179,6 @@ class AudioAdapter(nn.Module):
         if padding_mask is not None:
             frame_lengths = audio_frame_count(lengths)
             frame_pad = torch.arange(frames, device=x.device)[None, :] >= frame_lengths[:, None]
-            if not frame_pad.is_meta and not bool(frame_pad.any()):
-                frame_pad = None
         cls = (self.cls_token + self.cls_pos).expand(B, -1, -1)
         x = torch.cat([cls, x], dim=1)
         if frame_pad is not None:
@@ -226,7 +226,7 @@ class TextAdapter(nn.Module):
                              f"(model.max_text_tokens = {self.max_tokens}, EOS included)")
         if T == 0:
             raise ValueError("text tokens are empty: every text needs at least its EOS token")
-        lo, hi = (0, 0) if tokens.is_meta else (int(tokens.min()), int(tokens.max()))
+        lo, hi = (0, 0) if tokens.is_meta or not value_checks() else (int(tokens.min()), int(tokens.max()))
         if lo < 0 or hi >= self.vocab_size:
             raise ValueError(f"text token ids must be in [0, {self.vocab_size}) (model.vocab_size); got ids from "
                              f"{lo} to {hi}. Does the tokenizer match the model?")
@@ -238,4 +238,4 @@ class TextAdapter(nn.Module):
         x = self.token_embed(tokens)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1) + self.pos_embed[:, : T + 1]
         pad = F.pad(padding_mask, (1, 0), value=False)
-        return AdapterOutput(x, pad if padding_mask.is_meta or bool(padding_mask.any()) else None)
+        return AdapterOutput(x, pad)

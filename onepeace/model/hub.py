@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -79,6 +80,41 @@ def load_export_state(path: str, map_location: str | torch.device = "cpu") -> di
     from safetensors.torch import load_file
 
     return load_file(os.path.join(path, WEIGHTS_FILE), device=str(map_location))
+
+
+class LazyExportState(Mapping):
+    """An export's weights read one tensor at a time, when asked for (a warm start copies them module by
+    module, so no process holds a second copy of the whole model); ``shape(name)`` reads no data."""
+
+    def __init__(self, path: str) -> None:
+        from safetensors import safe_open
+
+        self._file = safe_open(os.path.join(path, WEIGHTS_FILE), framework="pt", device="cpu")
+        self._names = list(self._file.keys())
+        self._known = set(self._names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._file.get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._file.get_slice(name).get_shape())
+
+
+def lazy_export_state(path: str) -> Mapping[str, torch.Tensor]:
+    """Like :func:`load_export_state`, but tensors are read from the file only when accessed (legacy
+    ``model.pt`` files are memory-mapped)."""
+    _require_export(path)
+    if _is_legacy(path):
+        return torch.load(os.path.join(path, LEGACY_WEIGHTS_FILE), map_location="cpu", weights_only=True, mmap=True)
+    return LazyExportState(path)
 
 
 def export_tokenizer(path: str) -> str | None:

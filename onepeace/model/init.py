@@ -8,7 +8,8 @@ only some names, so a partial reset gives exactly what a fresh model gets.
 
 from __future__ import annotations
 
-from typing import Collection
+import contextlib
+from typing import Callable, Collection, ContextManager
 
 import torch
 from torch import nn
@@ -60,9 +61,17 @@ def _own_parameters(module: nn.Module, prefix: str) -> dict[str, nn.Parameter]:
     return own
 
 
-def reset_parameters(model: nn.Module, only: Collection[str] | None = None, linear_std: float = INIT_STD) -> None:
+# A context that makes the given parameters whole while a block writes them (ZeRO-3 partitions them).
+Gather = Callable[[list[nn.Parameter]], ContextManager]
+
+
+def reset_parameters(model: nn.Module, only: Collection[str] | None = None, linear_std: float = INIT_STD,
+                     gather: Gather | None = None) -> None:
     """Initialise every parameter of ``model``, or only those named in ``only`` (the others keep their
-    values exactly). Unknown names are an error. ``linear_std``: see :func:`init_module`."""
+    values exactly). Unknown names are an error. ``linear_std``: see :func:`init_module`. ``gather`` wraps
+    each module's initialisation: with it a model partitioned by ZeRO-3 is initialised one module at a
+    time, to the same values drawn in the same random order as without it."""
+    gather = gather or (lambda params: contextlib.nullcontext())
     if only is not None:
         unknown = set(only) - {name for name, _ in model.named_parameters()}
         if unknown:
@@ -73,8 +82,9 @@ def reset_parameters(model: nn.Module, only: Collection[str] | None = None, line
         own = _own_parameters(module, prefix)
         if not own or only is not None and not own.keys() & set(only):
             continue
-        keep = {n: p.detach().clone() for n, p in own.items() if only is not None and n not in only}
-        init_module(module, linear_std)
-        with torch.no_grad():
-            for n, saved in keep.items():
-                own[n].copy_(saved)
+        with gather(list(own.values())):
+            keep = {n: p.detach().clone() for n, p in own.items() if only is not None and n not in only}
+            init_module(module, linear_std)
+            with torch.no_grad():
+                for n, saved in keep.items():
+                    own[n].copy_(saved)

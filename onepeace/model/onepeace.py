@@ -12,13 +12,14 @@ from torch import nn
 
 from huggingface_hub import ModelHubMixin
 
+from ..checks import value_checks
 from ..config import MODALITIES, ModelConfig, from_dict, to_dict
 from ..ops.attention import AttentionBias, compute_dtype, flex_compiles, resolve_backend
 from .adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
 from . import hub
 from .decoder import DenoisingDecoder
 from .encoder import FusionEncoder
-from .init import reset_parameters as reset_model_parameters
+from .init import Gather, reset_parameters as reset_model_parameters
 from .outputs import ModalityOutput
 from .position import RelativePositionBias, resize_abs_positions
 
@@ -44,7 +45,10 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
         self.proj = nn.ModuleDict({m: nn.Linear(config.embed_dim, config.embed_dim) for m in self.modalities})
         self.logit_scale = nn.Parameter(torch.full((1,), LOGIT_SCALE_INIT))  # 1-D: DeepSpeed broadcasts it as bytes
         self.decoder = DenoisingDecoder(config) if config.decoder_depth > 0 else None
-        self.reset_parameters()
+        # Built under ZeRO-3's zero.Init, the submodules' parameters are already split across the ranks:
+        # onepeace.zero3.initialize writes them, gathering one module at a time (same values, same order).
+        if not any(hasattr(p, "ds_id") for p in self.parameters()):
+            self.reset_parameters()
         if config.compile_encoder:
             for layer in self.encoder.layers:
                 layer.compile()
@@ -56,14 +60,14 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
     def init_weights(self) -> None:
         nn.init.constant_(self.logit_scale, LOGIT_SCALE_INIT)
 
-    def reset_parameters(self, only: Collection[str] | None = None) -> None:
+    def reset_parameters(self, only: Collection[str] | None = None, gather: Gather | None = None) -> None:
         """Initialise all parameters, or just those named in ``only`` (to exactly what a fresh model gets;
         the others keep their values). Each module initialises its own (see :mod:`.init`): linear weights
         truncated normal (std and cut-off ``config.init_std``: the reference's 0.02, larger in the tiny
         preset, docs/learning.md), embedding weights likewise with 0.02, biases 0, LayerNorm 1/0, conv
         weights PyTorch's fan-in init; CLS, position and mask tokens like embeddings; relative tables 0;
-        LayerScale at its init; the logit scale at ln(1/0.07)."""
-        reset_model_parameters(self, only, linear_std=self.config.init_std)
+        LayerScale at its init; the logit scale at ln(1/0.07). ``gather``: see :func:`.init.reset_parameters`."""
+        reset_model_parameters(self, only, linear_std=self.config.init_std, gather=gather)
 
     # ---------------------------------------------------------------------------------------------
     # Saving and loading
@@ -225,9 +229,11 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
             raise ValueError(f"{modality}_keep has batch size {keep.shape[0]}, the {modality} input has {B}")
         if keep.shape[1] > n:
             raise ValueError(f"{modality}_keep keeps {keep.shape[1]} tokens but the {modality} input has only {n}")
-        if keep.numel() and not keep.is_meta and (int(keep.min()) < -1 or int(keep.max()) >= n):
-            raise ValueError(f"{modality}_keep indices must be in [0, {n}) (or -1 for padding slots); got "
-                             f"values from {int(keep.min())} to {int(keep.max())}")
+        if keep.numel() and not keep.is_meta and value_checks():
+            lo, hi = int(keep.min()), int(keep.max())
+            if lo < -1 or hi >= n:
+                raise ValueError(f"{modality}_keep indices must be in [0, {n}) (or -1 for padding slots); got "
+                                 f"values from {lo} to {hi}")
         keep = keep.long()
         idx = keep.clamp(min=0)
         content = tokens[:, 1:].gather(1, idx[..., None].expand(-1, -1, D))

@@ -53,4 +53,5 @@ def component_of(name: str) -> str:
 
 
 def takes_weight_decay(name: str, param: torch.Tensor) -> bool:
-    return param.ndim > 1 and classify(name)[1]
+    ndim = len(getattr(param, "ds_shape", param.shape))  # a ZeRO-3 partition is flat; ds_shape is its full shape
+    return ndim > 1 and classify(name)[1]

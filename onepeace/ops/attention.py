@@ -64,7 +64,7 @@ class AttentionBias:
         bias = None
         if self.table is not None:
             bias = self.table[self.bias_indices()].permute(0, 3, 1, 2).to(dtype)  # [B, H, L, L]
-        if self.key_padding is not None and (self.key_padding.is_meta or bool(self.key_padding.any())):
+        if self.key_padding is not None:  # all-False padding adds zeros: the same bias, and no host sync
             pad = torch.zeros(self.key_padding.shape, dtype=dtype, device=self.key_padding.device)
             pad = pad.masked_fill(self.key_padding, float("-inf"))[:, None, None, :]
             bias = pad if bias is None else bias + pad
@@ -88,7 +88,7 @@ class AttentionBias:
         if self._block_mask_built:
             return self._block_mask
         self._block_mask_built = True
-        if self.key_padding is not None and bool(self.key_padding.any()):
+        if self.key_padding is not None:
             from torch.nn.attention.flex_attention import create_block_mask
 
             valid = ~self.key_padding

@@ -24,9 +24,9 @@ from ..safe_load import CheckpointFileError, weights_only_loading
 
 log = logging.getLogger(__name__)
 
-# Fields that do not change parameters or their shapes: a resume may change them.
 # Tests only: seconds every rank sleeps inside each save, to stand for a large ZeRO-3 save.
 TEST_SLOW_SAVE_ENV = "ONEPEACE_TEST_SLOW_SAVE_S"
+# Fields that do not change parameters or their shapes: a resume may change them.
 RUNTIME_FIELDS = {"attention_backend", "checkpoint_activations", "compile_encoder", "drop_path_rate", "dropout"}
 
 
@@ -53,8 +53,40 @@ def check_compatible(saved: dict[str, Any], current: ModelConfig, where: str) ->
                           "the recipe of that run, or start a new run directory")
 
 
+def rank_state_file(path: str, rank: int) -> str:
+    """This rank's own small state (its data stream position): DeepSpeed keeps one client state, rank 0's."""
+    return os.path.join(path, f"state_rank{rank:05d}.json")
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save that failed part-way (a full disk or quota, a write error, a rank lost during it). The
+    message gives the free space, the usual suspect; a directory left without a COMPLETE marker is never
+    resumed from."""
+
+    def __init__(self, path: str, cause: BaseException):
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        try:
+            free = f"{shutil.disk_usage(path).free / 2**20:,.0f} MiB free there now"
+        except OSError:
+            free = "free space unknown"
+        after = ("it was marked complete before the failure" if os.path.isfile(os.path.join(path, COMPLETE)) else
+                 "it has no COMPLETE marker, so --resume auto continues from the previous complete checkpoint")
+        super().__init__(f"could not save checkpoint {path}: {reason} ({free}); {after}")
+
+
 def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_config: ModelConfig,
-         keep_last: int, rank: int) -> str:
+         keep_last: int, rank: int, rank_state: dict[str, Any] | None = None) -> str:
+    """Save on every rank; a failure raises :class:`CheckpointSaveError` naming the checkpoint (torch's
+    zip writer reports a failed write only as an "unexpected pos" mismatch, gloo a lost rank as a
+    RuntimeError)."""
+    try:
+        return _save(engine, ckpt_dir, step, client_state, model_config, keep_last, rank, rank_state)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointSaveError(os.path.join(ckpt_dir, tag_for(step)), exc) from exc
+
+
+def _save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_config: ModelConfig,
+          keep_last: int, rank: int, rank_state: dict[str, Any] | None) -> str:
     tag = tag_for(step)
     path = os.path.join(ckpt_dir, tag)
     os.makedirs(ckpt_dir, exist_ok=True)
@@ -65,6 +97,8 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_c
         dist_utils.barrier()
     engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state, save_latest=False)
     torch.save(capture_rng(), os.path.join(path, f"rng_rank{rank:05d}.pt"))
+    if rank_state is not None:
+        atomic_write(rank_state_file(path, rank), json.dumps(rank_state))
     if os.environ.get(TEST_SLOW_SAVE_ENV):  # tests only: a save as slow as a large real one
         time.sleep(float(os.environ[TEST_SLOW_SAVE_ENV]))
     dist_utils.barrier()
@@ -81,7 +115,8 @@ def save(engine, ckpt_dir: str, step: int, client_state: dict[str, Any], model_c
 
 
 def load(engine, ckpt_dir: str, tag: str, model_config: ModelConfig, rank: int) -> dict[str, Any]:
-    """Load a complete checkpoint into the engine; returns the client state."""
+    """Load a complete checkpoint into the engine; returns the client state, with this rank's own state
+    (see :func:`rank_state_file`) under ``"rank_state"`` when the checkpoint has one."""
     path = os.path.join(ckpt_dir, tag)
     with open(os.path.join(path, COMPLETE), encoding="utf-8") as f:
         marker = json.load(f)
@@ -97,7 +132,11 @@ def load(engine, ckpt_dir: str, tag: str, model_config: ModelConfig, rank: int) 
     rng_file = os.path.join(path, f"rng_rank{rank:05d}.pt")
     if os.path.isfile(rng_file):
         restore_rng(torch.load(rng_file, weights_only=True))
-    return client_state or {}
+    client_state = dict(client_state or {})
+    if os.path.isfile(rank_state_file(path, rank)):
+        with open(rank_state_file(path, rank), encoding="utf-8") as f:
+            client_state["rank_state"] = json.load(f)
+    return client_state
 
 
 class Resume(NamedTuple):
@@ -141,5 +180,7 @@ def _prune(ckpt_dir: str, keep_last: int) -> None:
     tags = complete_tags(ckpt_dir)
     doomed = [tag for _, tag in tags[:-keep_last]]
     for tag in doomed:
+        # The marker goes first: a kill during the removal leaves a directory that is plainly incomplete.
+        os.remove(os.path.join(ckpt_dir, tag, COMPLETE))
         shutil.rmtree(os.path.join(ckpt_dir, tag), ignore_errors=True)
         log.info("removed old checkpoint %s", tag)

@@ -62,6 +62,10 @@ class TrainConfig:
     # at most one segment of data, a restart refills the shuffle buffers
     eval_every: int = 0  # 0 = only at the end (when data.eval names sets)
     max_nonfinite_in_a_row: int = 20
+    # Stop signals are agreed on across ranks (a collective and a host read) every this many updates, not
+    # every update: a signal waits at most this many steps, far below the minutes SLURM's warning gives
+    signal_check_every: int = 10
+    debug_checks: bool = False  # value checks inside forward (token ids, keep ranges): host syncs every step
     dist_timeout_s: int = 600  # a collective waiting longer than this fails the run instead of hanging
 
     def __post_init__(self) -> None:
@@ -85,7 +89,7 @@ class TrainConfig:
         need(self.precision in PRECISIONS, f"precision: must be one of {', '.join(PRECISIONS)}, got "
                                            f"{self.precision!r}")
         for name in ("log_every", "save_every", "keep_last", "data_segment_steps", "max_nonfinite_in_a_row",
-                     "dist_timeout_s"):
+                     "dist_timeout_s", "signal_check_every"):
             need(getattr(self, name) > 0, f"{name}: must be positive, got {getattr(self, name)}")
         need(self.eval_every >= 0, f"eval_every: must be >= 0, got {self.eval_every}")
         self.loss_weights.validate()

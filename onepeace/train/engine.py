@@ -131,6 +131,29 @@ def zero_stage(ds: dict[str, Any]) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
 
 
+def skips_nonfinite_steps(ds: dict[str, Any]) -> bool:
+    """Whether DeepSpeed itself drops an update whose gradients are not finite (on every rank alike).
+
+    Its optimizers already read the global gradient norm or an overflow flag on the host once per
+    update (that is how they clip and scale): ZeRO-3 always; ZeRO-1/2 unless ``bf16.check_grad_overflow``
+    or, in fp32, ``zero_optimization.compute_grad_norm`` is off; bf16 and fp16 without ZeRO through their
+    own optimizers. The trainer relies on that check instead of adding a host sync of its own: a
+    non-finite loss turns every gradient into NaN (see ``trainer.poison_nonfinite``) and the engine skips
+    the update. Only fp32 without ZeRO applies whatever gradients it gets.
+    """
+    if ds.get("fp16", {}).get("enabled") is True:
+        return True
+    bf16 = ds.get("bf16", {}).get("enabled") is True
+    stage = zero_stage(ds)
+    if stage == 3:
+        return True
+    if stage in (1, 2):
+        if bf16:
+            return ds.get("bf16", {}).get("check_grad_overflow", True) is not False
+        return ds.get("zero_optimization", {}).get("compute_grad_norm", True) is not False
+    return bf16
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices, none on 1-D tensors, positions, CLS/mask tokens, bias tables
     (``model/parameters.py``). ``model`` is a OnePeace or the objective that holds one as ``model``."""

@@ -6,6 +6,7 @@ import logging
 import os
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 from .. import distributed
@@ -15,15 +16,20 @@ log = logging.getLogger(__name__)
 
 
 def count_tokens(step: dict[str, dict], image_tokens: int) -> int:
-    """Input tokens of a step (non-padding text tokens, image patches, audio frames), CLS excluded."""
+    """Input tokens of a step (non-padding text tokens, image patches, audio frames), CLS excluded.
+
+    Counted on the host copies of the batch, through numpy: never a tensor-to-Python read."""
     total = 0
     for batch in step.values():
         if "text_padding_mask" in batch:
-            total += int((~batch["text_padding_mask"]).sum())
+            mask = batch["text_padding_mask"].numpy()
+            total += mask.size - int(np.count_nonzero(mask))
         if "images" in batch:
             total += batch["images"].shape[0] * image_tokens
         if "audio_padding_mask" in batch:
-            total += int(audio_frame_count((~batch["audio_padding_mask"]).sum(1)).sum())
+            mask = batch["audio_padding_mask"].numpy()
+            lengths = mask.shape[1] - np.count_nonzero(mask, axis=1)
+            total += sum(audio_frame_count(int(n)) for n in lengths)
     return total
 
 
@@ -47,14 +53,24 @@ class TrainMetrics:
 
     def _reset(self) -> None:
         self.sums: dict[str, float] = defaultdict(float)
+        self.device_sums: dict[str, torch.Tensor] = {}  # losses stay on the device until they are logged
         self.steps = 0
 
-    def record(self, loss: float, terms: dict[str, float], samples: int, tokens: int, step_s: float,
-               data_s: float) -> None:
+    def _add(self, key: str, value: float | torch.Tensor) -> None:
+        if torch.is_tensor(value):
+            value = value.detach().to(torch.float64)
+            self.device_sums[key] = value if key not in self.device_sums else self.device_sums[key] + value
+        else:
+            self.sums[key] += value
+
+    def record(self, loss: float | torch.Tensor, terms: dict[str, float | torch.Tensor], samples: int, tokens: int,
+               step_s: float, data_s: float) -> None:
+        """One step's mean losses (floats or 0-d device tensors: these are summed on the device and read
+        only in :meth:`log`) and its counts and times."""
         self.steps += 1
-        self.sums["loss/total"] += loss
+        self._add("loss/total", loss)
         for k, v in terms.items():
-            self.sums[f"loss/{k}"] += v
+            self._add(f"loss/{k}", v)
         self.sums["perf/samples"] += samples
         self.sums["perf/tokens"] += tokens
         self.sums["perf/seconds"] += step_s
@@ -65,18 +81,22 @@ class TrainMetrics:
         """Reduce the window over ranks, write it, reset it; returns what was written.
 
         ``extra`` values are the same on every rank (or rank 0's are meant); ``summed`` ones are per-rank
-        counts (bad samples) written as their total over all ranks, in the same single all-reduce.
+        counts (bad samples) written as their total over all ranks. Host sums, device sums (the losses)
+        and ``summed`` travel in one all-reduce and are read once.
         """
         summed = summed or {}
-        keys = sorted(self.sums)
-        values = torch.tensor([self.sums[k] for k in keys] + [summed[k] for k in sorted(summed)],
+        host_keys, device_keys, summed_keys = sorted(self.sums), sorted(self.device_sums), sorted(summed)
+        values = torch.tensor([self.sums[k] for k in host_keys] + [summed[k] for k in summed_keys],
                               dtype=torch.float64, device=self.device)
+        if device_keys:
+            values = torch.cat([values, torch.stack([self.device_sums[k].reshape(()) for k in device_keys])
+                                .to(self.device)])
+        keys = host_keys + summed_keys + device_keys
         world = distributed.world_size()
         if world > 1:
             torch.distributed.all_reduce(values)
-        totals = values.tolist()
-        sums = dict(zip(keys, totals[:len(keys)]))
-        extra = {**extra, **dict(zip(sorted(summed), totals[len(keys):]))}
+        sums = dict(zip(keys, values.tolist()))
+        extra = {**extra, **{k: sums.pop(k) for k in summed_keys}}
         n = max(self.steps, 1)
         seconds = sums["perf/seconds"] / world  # ranks run in lockstep: the mean step time
         out = {k: v / (n * world) for k, v in sums.items() if k.startswith("loss/")}

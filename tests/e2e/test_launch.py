@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from train_helpers import env, free_port, kill_tree, wait_for_text, write_recipe
+from train_helpers import env, kill_tree, launch_cmd, wait_for_text, write_recipe
 
 from onepeace.train.checkpoint import TEST_SLOW_SAVE_ENV
 
@@ -22,8 +21,7 @@ SLOW_SAVE_S = 40
 def test_sigterm_to_the_group_waits_for_a_slow_save_and_exits_0(tmp_path, demo_corpus):
     recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=1000, save_every=1000)
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "onepeace.launch", "--num_gpus", "2", "--master_port", str(free_port()),
-           "--module", "onepeace.train", "--config", str(recipe), "--run-dir", str(run_dir)]
+    cmd = launch_cmd(["--config", str(recipe), "--run-dir", str(run_dir)])
     log = tmp_path / "run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, env={**env(), TEST_SLOW_SAVE_ENV: str(SLOW_SAVE_S)}, stdout=out,

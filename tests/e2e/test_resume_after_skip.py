@@ -1,5 +1,6 @@
-"""A resume stays exact after a skipped non-finite micro-batch: the checkpoint records how many
-micro-batches of the current data segment were consumed (one more than steps x grad_accum here)."""
+"""A resume stays exact after a non-finite loss: the engine drops that update (its gradients are NaN) and
+the checkpoint records where each rank's data stream stands, and how many micro-batches of the current
+data segment were consumed (grad_accum more than steps x grad_accum here)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ def train_cmd(recipe, run_dir, *extra):
     return [sys.executable, "-m", "onepeace.train", "--config", str(recipe), "--run-dir", str(run_dir), *extra]
 
 
-def test_resume_after_a_skipped_non_finite_micro_batch_is_bit_identical(tmp_path, demo_corpus):
+def test_resume_after_a_skipped_non_finite_update_is_bit_identical(tmp_path, demo_corpus):
     # Segments of 3 updates: the skip (update 3, 0-based) and the checkpoint (after update 4) share segment 1.
     recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=6, save_every=4, grad_accum=2, batch_size=4)
     nan_env = {**env(), "ONEPEACE_TEST_NONFINITE_AT_STEP": "3"}
     whole = subprocess.run(train_cmd(recipe, tmp_path / "whole"), cwd=REPO_ROOT, env=nan_env, capture_output=True,
                            text=True, timeout=1800)
     assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
-    assert whole.stdout.count("skipping this micro-batch") == 1
+    assert whole.stdout.count("skipping this update") == 1
 
     log = tmp_path / "cut.log"
     with open(log, "w") as out:
@@ -33,7 +34,7 @@ def test_resume_after_a_skipped_non_finite_micro_batch_is_bit_identical(tmp_path
         wait_for_text(log, "saved checkpoint", proc, timeout=1800)
     finally:
         kill_tree(proc)
-    assert "skipping this micro-batch" in log.read_text()
+    assert "skipping this update" in log.read_text()
     again = subprocess.run(train_cmd(recipe, tmp_path / "cut", "--resume", "auto"), cwd=REPO_ROOT, env=env(),
                            capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

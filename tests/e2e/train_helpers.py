@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import socket
@@ -36,7 +37,8 @@ def write_recipe(path: Path, corpus: Path, tasks=("image-text",), batch_size: in
                       for t in tasks},
         },
         "train": {"steps": 6, "lr": 2e-3, "min_lr": 1e-3, "warmup_steps": 1, "precision": "fp32", "log_every": 1,
-                  "save_every": 100, "deterministic": True, "data_segment_steps": 3, **train},
+                  "save_every": 100, "deterministic": True, "data_segment_steps": 3,
+                  "signal_check_every": 2, **train},
     }
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -55,6 +57,19 @@ def deepspeed_cmd(args: list[str], nproc: int = 2, module: str | None = "onepeac
                   script: str | None = None) -> list[str]:
     target = ["--module", module] if module else [script]
     return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()), *target, *args]
+
+
+def launch_cmd(args: list[str], nproc: int = 2) -> list[str]:
+    """``onepeace-launch`` (the deepspeed launcher, stopped cleanly) running the trainer on ``nproc`` ranks."""
+    return [sys.executable, "-m", "onepeace.launch", "--num_gpus", str(nproc), "--master_port", str(free_port()),
+            "--module", "onepeace.train", *args]
+
+
+def shm_leftovers(cmd: list[str]) -> list[str]:
+    """DeepSpeed's shared-memory allreduce files of the run ``cmd`` started (by its --master_port) still in
+    /dev/shm: each holds 66 MB of memory until removed."""
+    port = cmd[cmd.index("--master_port") + 1]
+    return glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")
 
 
 def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -360,3 +360,45 @@ def test_close_stops_worker_processes(corpus):
     assert len(workers) == 2 and all(w.is_alive() for w in workers)
     loader.close()
     assert not any(w.is_alive() for w in workers)
+
+
+def _same_step(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for task in a:
+        assert a[task].keys() == b[task].keys()
+        for key, value in a[task].items():
+            if torch.is_tensor(value):
+                assert torch.equal(value, b[task][key]), (task, key)
+            else:
+                assert value == b[task][key], (task, key)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stream_resumed_from_its_position_continues_exactly(corpus, tmp_path, workers):
+    """A position saved after k micro-batches (bad samples included) resumes with batch k + 1 of the
+    uninterrupted stream, without decoding the samples before it."""
+    folder = damaged_copy(corpus, tmp_path)
+    cfg = config(corpus, num_workers=workers, train={
+        "image-text": {"batch_size": 3, "sources": src(folder)},
+        "audio": {"batch_size": 2, "sources": src(corpus["audio-text"])}})
+    whole = build_train_loader(cfg, MODEL, epoch=3, rank=0, world_size=1)
+    stream = iter(whole)
+    steps = [next(stream) for _ in range(9)]
+    cut = build_train_loader(cfg, MODEL, epoch=3, rank=0, world_size=1)
+    stream = iter(cut)
+    for _ in range(5):
+        next(stream)
+    position = cut.position()
+    assert position.micro_batches == 5 and position.epoch == 3
+    whole.close()
+    cut.close()
+
+    resumed = build_train_loader(cfg, MODEL, rank=0, world_size=1)
+    resumed.set_epoch(3, type(position).from_dict(position.to_dict()))  # as stored in a checkpoint
+    stream = iter(resumed)
+    for expected in steps[5:]:
+        _same_step(next(stream), expected)
+    assert resumed.position().micro_batches == 9
+    resumed.close()
+    with pytest.raises(ValueError, match="cannot resume epoch 4"):
+        resumed.set_epoch(4, position)

@@ -91,3 +91,19 @@ def test_eval_out_that_is_a_directory(tmp_path, capsys):
     assert eval_main([str(tmp_path / "model"), "--data", str(tmp_path), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and "is a directory" in err and err.count("\n") == 1
+
+
+def test_the_cli_gives_back_the_signal_handlers_it_replaced(tmp_path):
+    """Its handlers only note a stop signal; left installed, they made later worker pools unkillable."""
+    import signal
+
+    from onepeace.train.cli import main
+
+    mine = {sig: (lambda signum, frame: None) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    before = {sig: signal.signal(sig, handler) for sig, handler in mine.items()}
+    try:
+        assert main(["--config", str(tmp_path)]) == 2  # a recipe path that is a directory
+        assert {sig: signal.getsignal(sig) for sig in mine} == mine
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

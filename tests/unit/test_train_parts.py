@@ -509,3 +509,71 @@ def test_saving_over_an_older_save_of_the_same_step_drops_its_marker_first(tmp_p
     assert seen == {"complete_during_save": False}
     marker = json.loads((old / runs.COMPLETE).read_text())
     assert marker["files"]["mp_rank_00_model_states.pt"] == 10 and "rng_rank00000.pt" in marker["files"]
+
+
+# ---- the sync-free step: non-finite updates left to the engine, losses summed on the device -------------
+
+
+@pytest.mark.parametrize("ds, skips", [
+    ({"zero_optimization": {"stage": 0}, "bf16": {"enabled": False}}, False),  # fp32 without ZeRO applies NaNs
+    ({"zero_optimization": {"stage": 0}, "bf16": {"enabled": True}}, True),
+    ({"zero_optimization": {"stage": 0}, "fp16": {"enabled": True}}, True),
+    ({"zero_optimization": {"stage": 1}, "bf16": {"enabled": False}}, True),
+    ({"zero_optimization": {"stage": 2, "compute_grad_norm": False}, "bf16": {"enabled": False}}, False),
+    ({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True, "check_grad_overflow": False}}, False),
+    ({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, True),
+    ({"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}, True),
+])
+def test_which_engines_drop_non_finite_updates_themselves(ds, skips):
+    from onepeace.train.engine import skips_nonfinite_steps
+
+    assert skips_nonfinite_steps(ds) is skips
+
+
+def test_a_non_finite_loss_poisons_every_gradient_and_a_finite_one_is_untouched():
+    from onepeace.train.trainer import poison_nonfinite
+
+    w = torch.nn.Parameter(torch.tensor([1.5, -2.0]))
+    (poison_nonfinite((w * 3).sum())).backward()
+    assert w.grad.tolist() == [3.0, 3.0]
+    assert torch.equal(poison_nonfinite(torch.tensor(0.7)), torch.tensor(0.7))  # bit-identical
+    w.grad = None
+    (poison_nonfinite((w * 3).sum() + torch.log(torch.tensor(0.0)))).backward()  # -inf
+    assert torch.isnan(w.grad).all()
+
+
+def test_metrics_sum_device_losses_and_read_them_once_when_logged(tmp_path):
+    from onepeace.train.metrics import TrainMetrics, count_tokens
+
+    m = TrainMetrics(str(tmp_path), False, torch.device("cpu"), None)
+    m.record(torch.tensor(2.0), {"t/itc": torch.tensor(1.0)}, 4, 10, 0.5, 0.1)
+    m.record(torch.tensor(4.0), {"t/itc": torch.tensor(3.0)}, 4, 10, 0.5, 0.1)
+    assert not m.sums.keys() & {"loss/total", "loss/t/itc"}  # still on the device
+    out = m.log(2, 10, {})
+    assert out["loss/total"] == 3.0 and out["loss/t/itc"] == 2.0 and out["perf/samples_per_s"] == 8.0
+    step = {"a": {"text_padding_mask": torch.tensor([[False, False, True], [False, True, True]]),
+                  "audio_padding_mask": torch.zeros(2, 720, dtype=torch.bool)}}
+    assert count_tokens(step, 16) == 3 + 2 * 2  # 720 samples: 2 frames each
+
+
+def test_a_save_that_runs_out_of_space_fails_naming_the_checkpoint_and_leaves_it_unmarked(tmp_path):
+    """A full disk during a save: torch's zip writer reports the failed write only as "unexpected pos";
+    the error must name the checkpoint, and neither its marker nor ``latest`` may be written."""
+    import resource
+
+    class Engine:
+        def save_checkpoint(self, ckpt_dir, tag, client_state, save_latest):
+            os.makedirs(tmp_path / tag, exist_ok=True)
+            torch.save({"w": torch.zeros(1 << 18)}, tmp_path / tag / "mp_rank_00_model_states.pt")  # 1 MiB
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, hard))  # writes past 64 KiB fail, as on a full disk
+    try:
+        with pytest.raises(checkpoint.CheckpointSaveError) as err:
+            checkpoint.save(Engine(), str(tmp_path), 3, {}, model_config("tiny"), keep_last=3, rank=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    message = str(err.value)
+    assert message.startswith(f"could not save checkpoint {tmp_path / 'step00000003'}: ") and "free there now" in message
+    assert "no COMPLETE marker" in message
+    assert not (tmp_path / "step00000003" / runs.COMPLETE).exists() and not (tmp_path / "latest").exists()
