@@ -1,10 +1,11 @@
 """Every demo family is learnable: a short in-process run of the one demo recipe (its model, data
-pipeline, loss weights, optimizer settings and schedule; fewer steps, one rank, a smaller corpus) must lift
-held-out R@1 clearly above chance in all four directions, image-text and audio-text.
+pipeline, contrastive loss weights, optimizer settings and schedule; fewer steps, one process, a smaller
+corpus) must lift held-out R@1 clearly above chance in all four directions, image-text and audio-text.
 
 This guards the learning speed itself (docs/learning.md): with the tiny preset's Linear init at the
 reference's std 0.02 the model sits on the contrastive plateau for hundreds of steps and this test
-fails. The full targets (5x chance after the demo's 800 steps) are checked by ``make demo``.
+fails. The full target (5x chance after the demo's 800 steps) is what ``python -m onepeace.demo --corpus
+NAME`` checks.
 """
 
 from __future__ import annotations
