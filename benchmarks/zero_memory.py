@@ -74,7 +74,11 @@ def worker(args) -> None:
     dist = distributed.detect()
     distributed.init(dist, 600)
     train = TrainConfig(precision="fp32", lr=1e-4, warmup_steps=0)
-    ds = resolve_ds_config({"zero_optimization": {"stage": args.stage}}, train, micro_batch=args.batch,
+    zero = {"stage": args.stage}
+    if args.bucket:  # DeepSpeed's defaults (5e8-element reduce/all-gather buckets, 1e9 live parameters) suit GPUs
+        zero.update(reduce_bucket_size=args.bucket, allgather_bucket_size=args.bucket,
+                    stage3_prefetch_bucket_size=args.bucket, stage3_max_live_parameters=args.bucket)
+    ds = resolve_ds_config({"zero_optimization": zero}, train, micro_batch=args.batch,
                            world_size=dist.world_size, device_type="cpu")
     config = model_config(args.preset)
     torch.manual_seed(0)
@@ -100,6 +104,8 @@ def main(argv=None) -> dict:
     p.add_argument("--preset", default="base")
     p.add_argument("--stages", default="0,1,2,3")
     p.add_argument("--batch", type=int, default=1, help="image-text samples in the one step")
+    p.add_argument("--bucket", type=int, default=0,
+                   help="elements per ZeRO reduce/all-gather/prefetch bucket and live-parameter cap (0: DeepSpeed's)")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--stage", type=int, default=0, help=argparse.SUPPRESS)
@@ -112,7 +118,8 @@ def main(argv=None) -> dict:
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     for stage in args.stages.split(","):
         subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), __file__, "--worker",
-                        "--preset", args.preset, "--batch", str(args.batch), "--stage", stage, "--out", out],
+                        "--preset", args.preset, "--batch", str(args.batch), "--stage", stage, "--out", out,
+                        "--bucket", str(args.bucket)],
                        check=True)
     results = [json.load(open(os.path.join(out, f))) for f in sorted(os.listdir(out))]
     zero0 = {r["rank"]: r["peak"] for r in results if r["stage"] == 0}
