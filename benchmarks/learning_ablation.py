@@ -74,12 +74,9 @@ def _width_scaled(model: OnePeace) -> None:
         for name, p in model.named_parameters():
             if name.startswith("decoder"):
                 continue
-            if name.endswith("attn.qkv.weight"):
-                nn.init.normal_(p, std=d**-0.5)
-            elif name.endswith("attn.out_proj.weight") or name.endswith("fc2.weight"):
-                nn.init.normal_(p, std=d**-0.5 * (2 * depth) ** -0.5)
-            elif name.endswith("wi.weight"):
-                nn.init.normal_(p, std=(2 * d) ** -0.5)
+            std = _open_clip_layer_std(name, d, depth)
+            if std is not None:
+                nn.init.normal_(p, std=std)
             elif name.startswith("proj.") and name.endswith("weight"):
                 nn.init.normal_(p, std=d**-0.5)
             elif name.endswith("token_embed.weight") or name.endswith("cls_token"):
@@ -88,17 +85,25 @@ def _width_scaled(model: OnePeace) -> None:
                 nn.init.normal_(p, std=0.01)
 
 
+def _open_clip_layer_std(name: str, d: int, depth: int) -> float | None:
+    """open_clip's std for a fusion-layer matrix (attention in, attention out / fc2, fc1), else None."""
+    if name.endswith("attn.qkv.weight"):
+        return d**-0.5
+    if name.endswith("attn.out_proj.weight") or name.endswith("fc2.weight"):
+        return d**-0.5 * (2 * depth) ** -0.5
+    if name.endswith("wi.weight"):
+        return (2 * d) ** -0.5
+    return None
+
+
 def _fusion_scaled(model: OnePeace) -> None:
     """Only the fusion layers' matrices as open_clip (embeddings, projections, adapters as ours)."""
     d, depth = model.config.embed_dim, model.config.depth
     with torch.no_grad():
         for name, p in model.encoder.named_parameters():
-            if name.endswith("attn.qkv.weight"):
-                nn.init.normal_(p, std=d**-0.5)
-            elif name.endswith("attn.out_proj.weight") or name.endswith("fc2.weight"):
-                nn.init.normal_(p, std=d**-0.5 * (2 * depth) ** -0.5)
-            elif name.endswith("wi.weight"):
-                nn.init.normal_(p, std=(2 * d) ** -0.5)
+            std = _open_clip_layer_std(name, d, depth)
+            if std is not None:
+                nn.init.normal_(p, std=std)
 
 
 def _embed_scaled(model: OnePeace) -> None:
