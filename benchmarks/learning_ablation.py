@@ -1,6 +1,9 @@
 """Why the tiny model learns slowly: contrastive-only training with one candidate changed at a time.
 
     python benchmarks/learning_ablation.py --corpus DIR --variants baseline,no_sub_ln --steps 300
+    python benchmarks/learning_ablation.py --corpus DIR --variants fixed,fixed+patch_stem --steps 200
+
+A name joined with ``+`` applies several candidates together (overrides merged, patches in order).
 
 A plain in-process loop (one process, no DeepSpeed): the model, the contrastive loss through
 ``bounded_logit_scale``, AdamW with our parameter groups, clipping and warm-up + cosine schedule, batches
@@ -26,6 +29,7 @@ from torch import nn
 
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
 
+from benchmarks.peer_open_clip import OpenClip  # noqa: E402
 from benchmarks._pairs import Pairs, load_pairs, mean_pairwise_cosine, recall_at  # noqa: E402
 from onepeace.config import model_config  # noqa: E402
 from onepeace.losses import bounded_logit_scale, contrastive_loss  # noqa: E402
@@ -45,7 +49,7 @@ class Variant:
     logit_scale: str = "bounded"  # bounded | plain
     lr: float | None = None
     warmup: int | None = None
-    reference_init: bool = True  # start from the reference's Linear init std 0.02 (the tiny preset before the fix)
+    reference_init: bool = True  # start from the reference init, std 0.02 (the tiny preset before the fix)
 
 
 def _no_sub_ln(model: OnePeace) -> None:
@@ -64,25 +68,6 @@ def _untruncated(model: OnePeace) -> None:
                 if "feature_extractor" in name or "stem" in name or "pos_conv" in name:
                     continue
                 nn.init.normal_(p, std=0.02)
-
-
-def _width_scaled(model: OnePeace) -> None:
-    """open_clip's transformer init at this size: attention in std width^-0.5, out and fc2 std
-    width^-0.5 (2 depth)^-0.5, fc1 (2 width)^-0.5; projections width^-0.5; embeddings 0.02, positions 0.01."""
-    d, depth = model.config.embed_dim, model.config.depth
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.startswith("decoder"):
-                continue
-            std = _open_clip_layer_std(name, d, depth)
-            if std is not None:
-                nn.init.normal_(p, std=std)
-            elif name.startswith("proj.") and name.endswith("weight"):
-                nn.init.normal_(p, std=d**-0.5)
-            elif name.endswith("token_embed.weight") or name.endswith("cls_token"):
-                nn.init.normal_(p, std=0.02)
-            elif name.endswith("pos_embed"):
-                nn.init.normal_(p, std=0.01)
 
 
 def _open_clip_layer_std(name: str, d: int, depth: int) -> float | None:
@@ -139,6 +124,38 @@ def _proj_no_bias(model: OnePeace) -> None:
         m.bias.requires_grad_(False)
 
 
+def _patch_stem(model: OnePeace) -> None:
+    """open_clip's image stem: one 16 px patch convolution to the full width (no bias, PyTorch's init), in
+    place of the hMLP stem (three convs through width / 4 channels)."""
+    d = model.config.embed_dim
+    model.adapters["image"].stem = nn.Conv2d(3, d, kernel_size=16, stride=16, bias=False)
+
+
+def _no_rel_bias(model: OnePeace) -> None:
+    """No relative position bias: the tables stay at their initial zeros (absolute positions only, as open_clip)."""
+    for p in model.rel_bias.parameters():
+        p.requires_grad_(False)
+
+
+def _depth_scaled_out(model: OnePeace) -> None:
+    """The residual branches' output matrices (attention out, FFN fc2) scaled by (2 depth)^-0.5, as open_clip's."""
+    factor = (2 * model.config.depth) ** -0.5
+    with torch.no_grad():
+        for name, p in model.encoder.named_parameters():
+            if name.endswith(("attn.out_proj.weight", "fc2.weight")):
+                p.mul_(factor)
+
+
+def _peer_tower(side: str) -> Callable[[OnePeace], None]:
+    """open_clip's tower of the same size (``benchmarks/peer_open_clip.py``, its own init) in place of ours
+    for one side (``image`` or ``text``: which of our towers holds the model back?) or ``both`` (open_clip
+    itself in this loop, with our logit-scale path)."""
+    def patch(model: OnePeace) -> None:
+        model.peer = OpenClip(model.config.vocab_size)  # not a submodule: it keeps open_clip's optimizer groups
+        model.peer_side = side
+    return patch
+
+
 def _proj_scaled(model: OnePeace) -> None:
     with torch.no_grad():
         for m in model.proj.values():
@@ -148,14 +165,16 @@ def _proj_scaled(model: OnePeace) -> None:
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant("the tiny preset before the fix: Linear init std 0.02 (LayerScale 0.1, Sub-LN, CLS pooling, "
                         "bounded scale)"),
-    "fixed": Variant("the tiny preset as shipped: Linear init std 0.25 cut at one std (about 64^-0.5)",
+    "fixed": Variant("the tiny preset as shipped: open_clip's per-matrix init (init_scheme width_scaled)",
                      reference_init=False),
+    "init_std_0.25": Variant("Linear init std 0.25 cut at one std (about 64^-0.5; the tiny preset's first fix)",
+                             {"init_std": 0.25}),
     "layerscale_1": Variant("LayerScale initialised to 1.0", {"layer_scale_init": 1.0}),
     "no_layerscale": Variant("no LayerScale", {"layer_scale_init": 0.0}),
     "layerscale_1e-6": Variant("LayerScale 1e-6 (base/large/4b)", {"layer_scale_init": 1e-6}),
     "no_sub_ln": Variant("no Sub-LayerNorm inside attention and FFN", patch=_no_sub_ln),
     "untruncated_init": Variant("normal std 0.02 without the one-std truncation", patch=_untruncated),
-    "width_scaled_init": Variant("open_clip's width/depth-scaled init", patch=_width_scaled),
+    "width_scaled_init": Variant("open_clip's width/depth-scaled init", {"init_scheme": "width_scaled"}),
     "proj_scaled_init": Variant("projections std width^-0.5", patch=_proj_scaled),
     "embed_scaled_init": Variant("only the embeddings as open_clip", patch=_embed_scaled),
     "fusion_proj_scaled_init": Variant("fusion matrices and projections as open_clip", patch=_all_but_embed_scaled),
@@ -170,7 +189,34 @@ VARIANTS: dict[str, Variant] = {
     "lr_5e-4": Variant("peak lr 5e-4", lr=5e-4),
     "lr_2e-4": Variant("peak lr 2e-4", lr=2e-4),
     "no_warmup": Variant("no warm-up", warmup=0),
+    "patch_stem": Variant("open_clip's stem: one 16 px patch conv instead of the hMLP stem", patch=_patch_stem),
+    "no_rel_bias": Variant("no relative position bias (absolute positions only)", patch=_no_rel_bias),
+    "peer_image_tower": Variant("open_clip's image tower, our text tower", patch=_peer_tower("image")),
+    "peer_text_tower": Variant("open_clip's text tower, our image tower", patch=_peer_tower("text")),
+    "open_clip": Variant("open_clip's CLIP of the same size, both towers", patch=_peer_tower("both")),
+    "depth_scaled_out": Variant("attention out and fc2 scaled by (2 depth)^-0.5", patch=_depth_scaled_out),
 }
+
+
+def combine(name: str) -> Variant:
+    """``a+b+...``: the candidates together. Overrides merge left to right, patches run in order, a
+    non-default pooling, logit scale, lr or warm-up wins; the reference init only if every part starts from it."""
+    parts = [VARIANTS[n] for n in name.split("+")]
+    if len(parts) == 1:
+        return parts[0]
+    patches = [v.patch for v in parts if v.patch is not None]
+
+    def patch(model: OnePeace) -> None:
+        for fn in patches:
+            fn(model)
+
+    def pick(attr: str, default):
+        return next((getattr(v, attr) for v in parts if getattr(v, attr) != default), default)
+
+    return Variant(" + ".join(v.doc for v in parts), {k: x for v in parts for k, x in v.overrides.items()},
+                   patch=patch if patches else None, pool=pick("pool", "cls"),
+                   logit_scale=pick("logit_scale", "bounded"), lr=pick("lr", None), warmup=pick("warmup", None),
+                   reference_init=all(v.reference_init for v in parts))
 
 
 def _text_embedding(model: OnePeace, out, padding: torch.Tensor, pool: str) -> torch.Tensor:
@@ -188,9 +234,15 @@ def _text_embedding(model: OnePeace, out, padding: torch.Tensor, pool: str) -> t
 
 def encode(model: OnePeace, pairs: Pairs, index: torch.Tensor, pool: str) -> tuple[torch.Tensor, torch.Tensor]:
     b = pairs.batch(index)
-    text_out = model.forward_encoder(text=b["text"], text_padding_mask=b["text_padding"])["text"]
-    text = _text_embedding(model, text_out, b["text_padding"], pool)
-    if pairs.kind == "image-text":
+    peer, peer_side = getattr(model, "peer", None), getattr(model, "peer_side", None)
+    if peer_side in ("text", "both"):
+        text = peer.model.encode_text(OpenClip.pad(b["text"]), normalize=True)
+    else:
+        text_out = model.forward_encoder(text=b["text"], text_padding_mask=b["text_padding"])["text"]
+        text = _text_embedding(model, text_out, b["text_padding"], pool)
+    if peer_side in ("image", "both"):
+        other = peer.model.encode_image(b["other"], normalize=True)
+    elif pairs.kind == "image-text":
         other = model.encode_image(b["other"])
     else:
         other = model.encode_audio(b["other"], b["other_padding"])
@@ -213,9 +265,11 @@ def evaluate(model: OnePeace, pairs: Pairs, pool: str, batch: int = 200) -> dict
 
 
 def build(variant: Variant, modalities: list[str]) -> OnePeace:
-    """The variant's model. Every candidate but ``fixed`` starts from the reference init (``init_std``
-    0.02, what the tiny preset had), so each row changes one thing against ``baseline``."""
-    overrides = {"init_std": 0.02, **variant.overrides} if variant.reference_init else dict(variant.overrides)
+    """The variant's model. Every candidate but ``fixed`` starts from the reference init (``init_scheme``
+    reference, ``init_std`` 0.02, what the tiny preset had), so each row changes one thing against
+    ``baseline``; ``fixed+...`` changes one thing against the preset as shipped."""
+    reference = {"init_scheme": "reference", "init_std": 0.02}
+    overrides = {**reference, **variant.overrides} if variant.reference_init else dict(variant.overrides)
     model = OnePeace(model_config("tiny", modalities=modalities, **overrides))
     if variant.patch is not None:
         variant.patch(model)
@@ -228,13 +282,15 @@ def run(name: str, variant: Variant, train: Pairs, val: Pairs, *, steps: int, ba
     model = build(variant, ["text", "image" if train.kind == "image-text" else "audio"])
     lr = variant.lr or lr
     warmup = warmup if variant.warmup is None else variant.warmup
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=lr, betas=(0.9, 0.98), eps=1e-8)
+    peer = getattr(model, "peer", None)
+    groups = param_groups(model, 0.05) + (peer.parameters_for_optimizer(0.05) if peer is not None else [])
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
     sched = cosine_schedule(opt, steps, warmup, lr, lr * 0.05)
     rows = [{"variant": name, "step": 0, **evaluate(model, val, variant.pool)}]
     log(json.dumps(rows[-1]))
     gen = torch.Generator().manual_seed(seed)
     order, pos, losses, gnorms, started = torch.randperm(len(train), generator=gen), 0, [], [], time.time()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for g in groups for p in g["params"]]
     for step in range(1, steps + 1):
         if pos + batch > len(train):
             order, pos = torch.randperm(len(train), generator=gen), 0
@@ -299,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", required=True, help="a data_tools.make_demo folder (64 px images)")
     p.add_argument("--kind", default="image-text", choices=("image-text", "audio-text"))
-    p.add_argument("--variants", default="baseline", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="baseline",
+                   help=f"comma-separated, each one or several joined by '+', of: {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -314,15 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         train = load_pairs(args.corpus, args.kind, "val", limit=args.batch)
         for name in args.variants.split(","):
-            print(json.dumps(probe(name, VARIANTS[name], train, args.batch, args.seed)))
+            print(json.dumps(probe(name, combine(name), train, args.batch, args.seed)))
         return 0
     train = load_pairs(args.corpus, args.kind, "train")
     val = load_pairs(args.corpus, args.kind, "val", limit=args.val_size)
     print(f"train {len(train)}  val {len(val)}  chance R@1 {100 / len(val):.2f}%", file=sys.stderr)
     for name in args.variants.split(","):
-        if name not in VARIANTS:
-            p.error(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-        rows = run(name, VARIANTS[name], train, val, steps=args.steps, batch=args.batch, lr=args.lr,
+        unknown = [n for n in name.split("+") if n not in VARIANTS]
+        if unknown:
+            p.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+        rows = run(name, combine(name), train, val, steps=args.steps, batch=args.batch, lr=args.lr,
                    warmup=args.warmup, eval_every=args.eval_every, seed=args.seed)
         if args.out:
             with open(args.out, "a", encoding="utf-8") as f:

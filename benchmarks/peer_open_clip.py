@@ -90,12 +90,12 @@ class OpenClip:
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     @staticmethod
-    def _pad(text: torch.Tensor) -> torch.Tensor:
+    def pad(text: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(text, (0, TEXT_CONTEXT - text.shape[1]), value=0)
 
     def loss(self, batch: dict) -> torch.Tensor:
         image = self.model.encode_image(batch["images"], normalize=True)
-        text = self.model.encode_text(self._pad(batch["text_tokens"]), normalize=True)
+        text = self.model.encode_text(self.pad(batch["text_tokens"]), normalize=True)
         return self.clip_loss(image, text, self.model.logit_scale.exp())
 
     def after_step(self) -> None:
@@ -108,7 +108,7 @@ class OpenClip:
     @torch.no_grad()
     def encode(self, images: torch.Tensor, text: torch.Tensor, padding: torch.Tensor):  # noqa: ARG002
         return (self.model.encode_image(images, normalize=True),
-                self.model.encode_text(self._pad(text), normalize=True))
+                self.model.encode_text(self.pad(text), normalize=True))
 
 
 def evaluate(system, val: Pairs, batch: int = 200) -> dict[str, float]:

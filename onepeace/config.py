@@ -22,6 +22,7 @@ import yaml
 from . import geometry
 
 MODALITIES = ("text", "image", "audio")
+INIT_SCHEMES = ("reference", "width_scaled")  # ModelConfig.init_scheme
 
 
 class ConfigError(ValueError):
@@ -55,9 +56,15 @@ class ModelConfig:
     drop_path_rate: float = 0.0  # linearly from 0 at the first layer to this at the last
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
-    # Std (and cut-off) of the truncated-normal init of Linear weights. The reference's 0.02 suits widths
-    # of 768 and more; at width 64 it is ten times below a fan-in init and training stalls (docs/learning.md).
-    init_std: float = 0.02
+    # How Linear weights, embeddings and positions are initialised (model/init.py InitScheme):
+    # "reference": ONE-PEACE's truncated normal cut at one std, std init_std (0.02) for every Linear.
+    #   Made for widths of 768 and more; at width 64 it is ten times below a fan-in init and
+    #   contrastive training stalls (docs/learning.md).
+    # "width_scaled": open_clip's per-matrix scheme (std width^-0.5, residual outputs also (2 depth)^-0.5,
+    #   embeddings 0.02, positions 0.01). A small-model deviation, used by the tiny preset only: it
+    #   learned faster than any single init_std there (docs/learning.md).
+    init_scheme: str = "reference"
+    init_std: float = 0.02  # the "reference" scheme's std and cut-off
 
     # Denoising decoder (pretraining only)
     decoder_dim: int = 768
@@ -131,6 +138,8 @@ class ModelConfig:
              f"attention_backend must be one of auto, math, sdpa, flex, xformers; got {self.attention_backend!r}")
         need(0 <= self.pad_id < self.vocab_size, f"pad_id ({self.pad_id}) must be a token id below vocab_size")
         need(self.init_std > 0, f"init_std must be positive, got {self.init_std}")
+        need(self.init_scheme in INIT_SCHEMES,
+             f"init_scheme must be one of {', '.join(INIT_SCHEMES)}, got {self.init_scheme!r}")
         for name in ("text_rel_buckets", "audio_rel_buckets"):
             size = getattr(self, name)
             need(size % 2 == 0 and 4 <= size < self.rel_max_distance,
@@ -147,8 +156,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         decoder_dim=64, decoder_depth=2, decoder_heads=4, decoder_ffn_dim=128,
         vocab_size=1000, image_size=64, audio_conv_dim=32, audio_pos_conv_layers=2,
         audio_pos_conv_groups=4, max_audio_frames=250, layer_scale_init=0.1,
-        # Cut at one std like the reference, so the spread is about 0.54 x 0.25 = 64^-0.5, a fan-in init.
-        init_std=0.25,
+        # open_clip's per-matrix init: the reference's std 0.02 is ten times below fan-in at width 64.
+        init_scheme="width_scaled",
     ),
     "base": dict(embed_dim=768, depth=12, num_heads=12, ffn_dim=3072, drop_path_rate=0.1),
     "large": dict(embed_dim=1024, depth=24, num_heads=16, ffn_dim=4096, drop_path_rate=0.2),

@@ -12,7 +12,7 @@ from ..checks import value_checks
 from ..config import ModelConfig
 from ..geometry import AUDIO_CONV_LAYERS, AUDIO_RECEPTIVE_FIELD, audio_frame_count, max_samples_for_frames
 from ..ops.norm import layer_norm
-from .init import trunc_normal_
+from .init import InitScheme
 from .position import resize_abs_positions
 
 
@@ -81,10 +81,11 @@ class VisionAdapter(nn.Module):
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.image_grid**2 + 1, d))
+        self.init_scheme = InitScheme.from_config(config)
 
     def init_weights(self) -> None:
-        trunc_normal_(self.cls_token)
-        trunc_normal_(self.pos_embed)
+        self.init_scheme.embedding_(self.cls_token)
+        self.init_scheme.position_(self.pos_embed)
 
     @property
     def grid(self) -> int:
@@ -140,10 +141,11 @@ class AudioAdapter(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, d))
         self.max_frames = config.max_audio_frames
+        self.init_scheme = InitScheme.from_config(config)
 
     def init_weights(self) -> None:
-        trunc_normal_(self.cls_token)
-        trunc_normal_(self.cls_pos)
+        self.init_scheme.embedding_(self.cls_token)
+        self.init_scheme.position_(self.cls_pos)
 
     def forward(self, waveforms: torch.Tensor, padding_mask: torch.Tensor | None = None) -> AdapterOutput:
         return self.features(waveforms, padding_mask).with_positions()
@@ -210,10 +212,11 @@ class TextAdapter(nn.Module):
         self.token_embed = nn.Embedding(config.vocab_size, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.max_text_tokens + 1, d))
+        self.init_scheme = InitScheme.from_config(config)
 
     def init_weights(self) -> None:
-        trunc_normal_(self.cls_token)
-        trunc_normal_(self.pos_embed)
+        self.init_scheme.embedding_(self.cls_token)
+        self.init_scheme.position_(self.pos_embed)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> AdapterOutput:
         if not torch.is_tensor(tokens) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):

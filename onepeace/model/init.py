@@ -9,6 +9,7 @@ only some names, so a partial reset gives exactly what a fresh model gets.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable, Collection, ContextManager
 
 import torch
@@ -25,23 +26,71 @@ def trunc_normal_(t: torch.Tensor, std: float = INIT_STD) -> torch.Tensor:
     return nn.init.trunc_normal_(t, std=std, a=-std, b=std)
 
 
-def init_module(module: nn.Module, linear_std: float = INIT_STD) -> None:
-    """Initialise the parameters ``module`` holds itself (not its submodules').
+# The residual branches' output matrices (attention out, FFN fc2) and the FFN's input matrix, by name.
+RESIDUAL_OUTPUTS = (".attn.out_proj", ".fc2")
+FFN_INPUTS = (".wi",)
+
+
+@dataclass(frozen=True)
+class InitScheme:
+    """How Linear weights, token/CLS embeddings and positions are drawn (``ModelConfig.init_scheme``).
+
+    - ``reference``: ONE-PEACE's truncated normal cut at one std, std ``linear_std`` (the model's
+      ``init_std``, 0.02) for every Linear, 0.02 for embeddings and positions. Made for widths of 768+.
+    - ``width_scaled``: open_clip's (GPT-2 style) per-matrix scheme, for small widths (the ``tiny``
+      preset; docs/learning.md): plain normal, std width^-0.5 for a Linear (its fan-in), the residual
+      branches' outputs width^-0.5 (2 depth)^-0.5 (width: their output), the FFN input (2 width)^-0.5;
+      token and CLS embeddings std 0.02, positions 0.01. ``depth`` and ``decoder_depth`` give the
+      depth of the encoder's and the decoder's (``decoder.``) layers.
+    """
+
+    kind: str = "reference"
+    linear_std: float = INIT_STD
+    depth: int = 1
+    decoder_depth: int = 1
+
+    @classmethod
+    def from_config(cls, config) -> "InitScheme":
+        return cls(config.init_scheme, config.init_std, config.depth, max(config.decoder_depth, 1))
+
+    def linear_(self, name: str, module: nn.Linear) -> None:
+        if self.kind == "reference":
+            trunc_normal_(module.weight, self.linear_std)
+            return
+        if name.endswith(RESIDUAL_OUTPUTS):
+            depth = self.decoder_depth if name.startswith("decoder.") else self.depth
+            std = module.out_features**-0.5 * (2 * depth) ** -0.5
+        elif name.endswith(FFN_INPUTS):
+            std = (2 * module.in_features) ** -0.5
+        else:
+            std = module.in_features**-0.5
+        nn.init.normal_(module.weight, std=std)
+
+    def embedding_(self, t: torch.Tensor) -> torch.Tensor:
+        """Token and CLS embeddings (no fan-in)."""
+        return trunc_normal_(t) if self.kind == "reference" else nn.init.normal_(t, std=INIT_STD)
+
+    def position_(self, t: torch.Tensor) -> torch.Tensor:
+        """Learned absolute positions."""
+        return trunc_normal_(t) if self.kind == "reference" else nn.init.normal_(t, std=INIT_STD / 2)
+
+
+def init_module(module: nn.Module, scheme: InitScheme = InitScheme(), name: str = "") -> None:
+    """Initialise the parameters ``module`` (called ``name`` in the model) holds itself (not its submodules').
 
     Our own modules define ``init_weights()`` for all they hold (including what they keep in a
-    ``ParameterDict``). Torch layers: linear weights truncated normal with ``linear_std`` (the model's
-    ``init_std``: 0.02 as the reference, larger in the tiny preset, see docs/learning.md), embedding
-    weights with the reference's 0.02 (they have no fan-in); biases 0; LayerNorm 1/0; conv weights
-    PyTorch's fan-in init.
+    ``ParameterDict``). Torch layers: linear weights and embedding weights as ``scheme`` says (the
+    reference: truncated normal, std the model's ``init_std`` for linear weights and 0.02 for embeddings,
+    which have no fan-in); biases 0; LayerNorm 1/0; conv weights PyTorch's fan-in init.
     """
     with torch.no_grad():
         if callable(getattr(module, "init_weights", None)):
             module.init_weights()
             return
         if isinstance(module, nn.Linear):
-            trunc_normal_(module.weight, linear_std)
+            scheme.linear_(name, module)
         elif isinstance(module, nn.Embedding):
-            trunc_normal_(module.weight)
+            scheme.embedding_(module.weight)
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
             module.reset_parameters()
         elif is_layer_norm(module) and getattr(module, "weight", None) is not None:
@@ -65,10 +114,10 @@ def _own_parameters(module: nn.Module, prefix: str) -> dict[str, nn.Parameter]:
 Gather = Callable[[list[nn.Parameter]], ContextManager]
 
 
-def reset_parameters(model: nn.Module, only: Collection[str] | None = None, linear_std: float = INIT_STD,
+def reset_parameters(model: nn.Module, only: Collection[str] | None = None, scheme: InitScheme = InitScheme(),
                      gather: Gather | None = None) -> None:
     """Initialise every parameter of ``model``, or only those named in ``only`` (the others keep their
-    values exactly). Unknown names are an error. ``linear_std``: see :func:`init_module`. ``gather`` wraps
+    values exactly). Unknown names are an error. ``scheme``: see :func:`init_module`. ``gather`` wraps
     each module's initialisation: with it a model partitioned by ZeRO-3 is initialised one module at a
     time, to the same values drawn in the same random order as without it."""
     gather = gather or (lambda params: contextlib.nullcontext())
@@ -84,7 +133,7 @@ def reset_parameters(model: nn.Module, only: Collection[str] | None = None, line
             continue
         with gather(list(own.values())):
             keep = {n: p.detach().clone() for n, p in own.items() if only is not None and n not in only}
-            init_module(module, linear_std)
+            init_module(module, scheme, prefix)
             with torch.no_grad():
                 for n, saved in keep.items():
                     own[n].copy_(saved)

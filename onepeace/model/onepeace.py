@@ -19,7 +19,7 @@ from .adapters import AdapterOutput, AudioAdapter, TextAdapter, VisionAdapter
 from . import hub
 from .decoder import DenoisingDecoder
 from .encoder import FusionEncoder
-from .init import Gather, reset_parameters as reset_model_parameters
+from .init import Gather, InitScheme, reset_parameters as reset_model_parameters
 from .outputs import ModalityOutput
 from .position import RelativePositionBias, resize_abs_positions
 
@@ -62,12 +62,13 @@ class OnePeace(nn.Module, ModelHubMixin, library_name="onepeace", tags=["onepeac
 
     def reset_parameters(self, only: Collection[str] | None = None, gather: Gather | None = None) -> None:
         """Initialise all parameters, or just those named in ``only`` (to exactly what a fresh model gets;
-        the others keep their values). Each module initialises its own (see :mod:`.init`): linear weights
-        truncated normal (std and cut-off ``config.init_std``: the reference's 0.02, larger in the tiny
-        preset, docs/learning.md), embedding weights likewise with 0.02, biases 0, LayerNorm 1/0, conv
-        weights PyTorch's fan-in init; CLS, position and mask tokens like embeddings; relative tables 0;
-        LayerScale at its init; the logit scale at ln(1/0.07). ``gather``: see :func:`.init.reset_parameters`."""
-        reset_model_parameters(self, only, linear_std=self.config.init_std, gather=gather)
+        the others keep their values). Each module initialises its own (see :mod:`.init`): linear weights,
+        embeddings, CLS tokens and positions as ``config.init_scheme`` says (the reference: truncated
+        normal, std and cut-off ``config.init_std`` = 0.02; the tiny preset: open_clip's width-scaled
+        scheme, docs/learning.md), biases 0, LayerNorm 1/0, conv weights PyTorch's fan-in init; the
+        decoder's mask tokens truncated normal 0.02; relative tables 0; LayerScale at its init; the logit
+        scale at ln(1/0.07). ``gather``: see :func:`.init.reset_parameters`."""
+        reset_model_parameters(self, only, InitScheme.from_config(self.config), gather=gather)
 
     # ---------------------------------------------------------------------------------------------
     # Saving and loading
