@@ -34,6 +34,7 @@ from benchmarks._pairs import Pairs, load_pairs, mean_pairwise_cosine, recall_at
 from onepeace.config import model_config  # noqa: E402
 from onepeace.losses import bounded_logit_scale, contrastive_loss  # noqa: E402
 from onepeace.model import OnePeace  # noqa: E402
+from onepeace.model.init import InitScheme  # noqa: E402
 from onepeace.train.engine import param_groups  # noqa: E402
 from onepeace.train.schedule import cosine_schedule  # noqa: E402
 
@@ -92,15 +93,17 @@ def _fusion_scaled(model: OnePeace) -> None:
 
 
 def _embed_scaled(model: OnePeace) -> None:
-    """Only the embeddings as open_clip: tokens and CLS normal std 0.02, positions 0.01 (ours cut at one std)."""
+    """Only the embeddings as open_clip (the ``width_scaled`` scheme's): tokens and CLS normal std 0.02,
+    positions 0.01 (the reference cuts both at 0.02)."""
+    scheme = InitScheme("width_scaled")
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.startswith("decoder"):
                 continue
             if name.endswith("token_embed.weight") or name.endswith("cls_token"):
-                nn.init.normal_(p, std=0.02)
+                scheme.embedding_(p)
             elif name.endswith("pos_embed"):
-                nn.init.normal_(p, std=0.01)
+                scheme.position_(p)
 
 
 def _all_but_embed_scaled(model: OnePeace) -> None:
