@@ -27,13 +27,15 @@ def ds_config(tmp_path, stage: int, precision: str = "bf16"):
     return path
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+# The shipped GPU configs, by name, as users pass them (their bucket and sub-group settings included).
+# ZeRO-1 is cpu.json's stage, which every other end-to-end run here uses (and test_demo checks that it learns).
+@pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stages_train_and_the_loss_falls(tmp_path, demo_corpus, stage):
     steps = 12 if stage < 3 else 8  # ZeRO-3 gathers every layer's weights over gloo: slow on CPU
     recipe = write_recipe(tmp_path / "r.yaml", demo_corpus, steps=steps, precision="bf16", lr=3e-3, min_lr=2e-3)
     run_dir = tmp_path / "run"
     out = run(deepspeed_cmd(["--config", str(recipe), "--run-dir", str(run_dir), "--deepspeed_config",
-                             str(ds_config(tmp_path, stage))]), timeout=600)
+                             f"zero{stage}_bf16"]), timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert f"ZeRO stage {stage}" in out.stdout and "2 rank(s) via deepspeed" in out.stdout
     losses = scalars(run_dir, "loss/total")
