@@ -147,7 +147,7 @@ def test_tiny_uses_open_clips_width_scaled_init():
         "adapters.text.pos_embed": 0.01,
         "adapters.image.pos_embed": 0.01,
     }
-    params = dict(model.named_parameters())
+    params = {name: p.detach() for name, p in model.named_parameters()}
     for name, std in expect.items():
         p = params[name]
         assert abs(float(p.std()) / std - 1) < 0.15, (name, float(p.std()), std)
