@@ -34,7 +34,7 @@ from benchmarks._pairs import Pairs, load_pairs, mean_pairwise_cosine, recall_at
 from onepeace.config import model_config  # noqa: E402
 from onepeace.losses import bounded_logit_scale, contrastive_loss  # noqa: E402
 from onepeace.model import OnePeace  # noqa: E402
-from onepeace.model.init import InitScheme  # noqa: E402
+from onepeace.model.init import RESIDUAL_OUTPUTS, InitScheme  # noqa: E402
 from onepeace.train.engine import param_groups  # noqa: E402
 from onepeace.train.schedule import cosine_schedule  # noqa: E402
 
@@ -71,25 +71,14 @@ def _untruncated(model: OnePeace) -> None:
                 nn.init.normal_(p, std=0.02)
 
 
-def _open_clip_layer_std(name: str, d: int, depth: int) -> float | None:
-    """open_clip's std for a fusion-layer matrix (attention in, attention out / fc2, fc1), else None."""
-    if name.endswith("attn.qkv.weight"):
-        return d**-0.5
-    if name.endswith("attn.out_proj.weight") or name.endswith("fc2.weight"):
-        return d**-0.5 * (2 * depth) ** -0.5
-    if name.endswith("wi.weight"):
-        return (2 * d) ** -0.5
-    return None
-
-
 def _fusion_scaled(model: OnePeace) -> None:
-    """Only the fusion layers' matrices as open_clip (embeddings, projections, adapters as ours)."""
-    d, depth = model.config.embed_dim, model.config.depth
+    """Only the fusion layers' matrices as open_clip (the model's ``width_scaled`` scheme; embeddings,
+    projections, adapters as ours)."""
+    scheme = InitScheme("width_scaled", depth=model.config.depth)
     with torch.no_grad():
-        for name, p in model.encoder.named_parameters():
-            std = _open_clip_layer_std(name, d, depth)
-            if std is not None:
-                nn.init.normal_(p, std=std)
+        for name, m in model.encoder.named_modules():
+            if isinstance(m, nn.Linear):
+                scheme.linear_(name, m)
 
 
 def _embed_scaled(model: OnePeace) -> None:
@@ -145,7 +134,7 @@ def _depth_scaled_out(model: OnePeace) -> None:
     factor = (2 * model.config.depth) ** -0.5
     with torch.no_grad():
         for name, p in model.encoder.named_parameters():
-            if name.endswith(("attn.out_proj.weight", "fc2.weight")):
+            if name.removesuffix(".weight").endswith(RESIDUAL_OUTPUTS):
                 p.mul_(factor)
 
 

@@ -144,9 +144,10 @@ def main(argv=None) -> dict:
     p.add_argument("--stages", default="0,1,2,3")
     p.add_argument("--batch", type=int, default=1, help="image-text samples in the one step")
     p.add_argument("--bucket", type=int, default=0,
-                   help="elements per ZeRO reduce/all-gather/prefetch bucket and live-parameter cap (0: DeepSpeed's)")
+                   help="elements per ZeRO reduce/all-gather/prefetch bucket and live-parameter cap "
+                        "(0: the shipped file's, else DeepSpeed's)")
     p.add_argument("--sub-group", type=int, default=0,
-                   help="ZeRO-3 sub_group_size: elements the optimizer steps at once (0: DeepSpeed's 1e9)")
+                   help="ZeRO-3 sub_group_size: elements the optimizer steps at once (0: the shipped file's 5e7)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     p.add_argument("--malloc-mmap-threshold", type=int, default=65536,
                    help="glibc's MALLOC_MMAP_THRESHOLD_ for the ranks, in bytes (0: glibc's dynamic default)")
