@@ -16,6 +16,7 @@ Results are recorded in docs/learning.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
@@ -53,11 +54,29 @@ class Variant:
     reference_init: bool = True  # start from the reference init, std 0.02 (the tiny preset before the fix)
 
 
-def _no_sub_ln(model: OnePeace) -> None:
-    for layer in model.encoder.layers:
-        layer.attn.inner_norm = nn.Identity()
-        for ffn in layer.ffn.values():
-            ffn.inner_norm = nn.Identity()
+def _no_sub_ln(where: tuple[str, ...] = ("attn", "ffn")) -> Callable[[OnePeace], None]:
+    """No Sub-LayerNorm (Magneto's, inside the attention before its output projection and inside the FFN
+    before fc2) in ``where``."""
+    def patch(model: OnePeace) -> None:
+        for layer in model.encoder.layers:
+            if "attn" in where:
+                layer.attn.inner_norm = nn.Identity()
+            if "ffn" in where:
+                for ffn in layer.ffn.values():
+                    ffn.inner_norm = nn.Identity()
+    return patch
+
+
+def _ffn_sub_ln_gain(gain: float) -> Callable[[OnePeace], None]:
+    """The FFN's Sub-LayerNorm gain initialised to ``gain``. The ``width_scaled`` scheme now starts it at
+    0.308, the RMS of its input (model/init.py); 1 is what every other LayerNorm starts at, and what this
+    scheme used before."""
+    def patch(model: OnePeace) -> None:
+        with torch.no_grad():
+            for layer in model.encoder.layers:
+                for ffn in layer.ffn.values():
+                    ffn.inner_norm.weight.fill_(gain)
+    return patch
 
 
 def _untruncated(model: OnePeace) -> None:
@@ -148,6 +167,25 @@ def _peer_tower(side: str) -> Callable[[OnePeace], None]:
     return patch
 
 
+def _unshared_attention(model: OnePeace) -> None:
+    """Each modality its own attention and LayerNorms in every fusion layer, as in a two-tower CLIP; ONE-PEACE
+    shares them across modalities and keeps only the FFNs apart. The copies start from the same draw.
+    Single-modality forwards only (this loop's)."""
+    for layer in model.encoder.layers:
+        first, *rest = layer.ffn.keys()
+        for part in ("attn", "attn_norm", "ffn_norm"):
+            shared = getattr(layer, part)
+            setattr(layer, f"{part}_by", nn.ModuleDict({first: shared, **{m: copy.deepcopy(shared) for m in rest}}))
+
+        def forward(x, segments, bias, backend, layer=layer, shared_forward=layer.forward):
+            (modality, _), = segments
+            for part in ("attn", "attn_norm", "ffn_norm"):
+                setattr(layer, part, getattr(layer, f"{part}_by")[modality])
+            return shared_forward(x, segments, bias, backend)
+
+        layer.forward = forward
+
+
 def _proj_scaled(model: OnePeace) -> None:
     with torch.no_grad():
         for m in model.proj.values():
@@ -164,7 +202,12 @@ VARIANTS: dict[str, Variant] = {
     "layerscale_1": Variant("LayerScale initialised to 1.0", {"layer_scale_init": 1.0}),
     "no_layerscale": Variant("no LayerScale", {"layer_scale_init": 0.0}),
     "layerscale_1e-6": Variant("LayerScale 1e-6 (base/large/4b)", {"layer_scale_init": 1e-6}),
-    "no_sub_ln": Variant("no Sub-LayerNorm inside attention and FFN", patch=_no_sub_ln),
+    "no_sub_ln": Variant("no Sub-LayerNorm inside attention and FFN", patch=_no_sub_ln()),
+    "no_attn_sub_ln": Variant("no Sub-LayerNorm inside attention (the FFN keeps its)", patch=_no_sub_ln(("attn",))),
+    "ffn_sub_ln_gain_0.3": Variant("the FFN's Sub-LayerNorm gain initialised to 0.3", patch=_ffn_sub_ln_gain(0.3)),
+    "ffn_sub_ln_gain_1": Variant("the FFN's Sub-LayerNorm gain initialised to 1 (fixed+this: the tiny preset "
+                                 "before its scheme started it at 0.308)", patch=_ffn_sub_ln_gain(1.0)),
+    "no_ffn_sub_ln": Variant("no Sub-LayerNorm inside the FFN (attention keeps its)", patch=_no_sub_ln(("ffn",))),
     "untruncated_init": Variant("normal std 0.02 without the one-std truncation", patch=_untruncated),
     "width_scaled_init": Variant("open_clip's width/depth-scaled init", {"init_scheme": "width_scaled"}),
     "proj_scaled_init": Variant("projections std width^-0.5", patch=_proj_scaled),
@@ -186,6 +229,8 @@ VARIANTS: dict[str, Variant] = {
     "peer_image_tower": Variant("open_clip's image tower, our text tower", patch=_peer_tower("image")),
     "peer_text_tower": Variant("open_clip's text tower, our image tower", patch=_peer_tower("text")),
     "open_clip": Variant("open_clip's CLIP of the same size, both towers", patch=_peer_tower("both")),
+    "unshared_attention": Variant("attention and its LayerNorms per modality (two towers; ONE-PEACE shares them)",
+                                  patch=_unshared_attention),
     "depth_scaled_out": Variant("attention out and fc2 scaled by (2 depth)^-0.5", patch=_depth_scaled_out),
 }
 

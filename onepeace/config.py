@@ -61,8 +61,9 @@ class ModelConfig:
     #   Made for widths of 768 and more; at width 64 it is ten times below a fan-in init and
     #   contrastive training stalls (docs/learning.md).
     # "width_scaled": open_clip's per-matrix scheme (std width^-0.5, residual outputs also (2 depth)^-0.5,
-    #   embeddings 0.02, positions 0.01). A small-model deviation, used by the tiny preset only: it
-    #   learned faster than any single init_std there (docs/learning.md).
+    #   embeddings 0.02, positions 0.01), the FFN's Sub-LayerNorm gain starting at the RMS of its input
+    #   (0.308). A small-model deviation, used by the tiny preset only: it learned faster than any single
+    #   init_std there, and as fast as open_clip (docs/learning.md).
     init_scheme: str = "reference"
     init_std: float = 0.02  # the "reference" scheme's std and cut-off
 

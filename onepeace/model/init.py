@@ -29,6 +29,10 @@ def trunc_normal_(t: torch.Tensor, std: float = INIT_STD) -> torch.Tensor:
 # The residual branches' output matrices (attention out, FFN fc2) and the FFN's input matrix, by name.
 RESIDUAL_OUTPUTS = (".attn.out_proj", ".fc2")
 FFN_INPUTS = (".wi",)
+# The GeGLU product's RMS at init under ``width_scaled``: the FFN input is LayerNorm'd (RMS 1) and its
+# matrix has std (2 width)^-0.5 over fan-in width, so both halves are N(0, 1/2) and gelu(a) * b has RMS
+# sqrt(E[gelu(a)^2] / 2) = 0.308 at every width (tests/unit/test_model.py measures it).
+GEGLU_RMS_WIDTH_SCALED = 0.308
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,12 @@ class InitScheme:
     - ``width_scaled``: open_clip's (GPT-2 style) per-matrix scheme, for small widths (the ``tiny``
       preset; docs/learning.md): plain normal, std width^-0.5 for a Linear (its fan-in), the residual
       branches' outputs width^-0.5 (2 depth)^-0.5 (width: their output), the FFN input (2 width)^-0.5;
-      token and CLS embeddings std 0.02, positions 0.01. ``depth`` and ``decoder_depth`` give the
-      depth of the encoder's and the decoder's (``decoder.``) layers.
+      token and CLS embeddings std 0.02, positions 0.01. The FFN's Sub-LayerNorm starts with the gain
+      :data:`GEGLU_RMS_WIDTH_SCALED`, the RMS its input has: the branch then leaves fc2 at the scale it
+      has in open_clip's MLP, which has no such norm. With gain 1 the norm triples the FFN's output at
+      init, and the tiny model learned contrastive alignment markedly slower (docs/learning.md).
+      ``depth`` and ``decoder_depth`` give the depth of the encoder's and the decoder's (``decoder.``)
+      layers.
     """
 
     kind: str = "reference"
@@ -66,6 +74,12 @@ class InitScheme:
             std = module.in_features**-0.5
         nn.init.normal_(module.weight, std=std)
 
+    def layer_norm_(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """A LayerNorm's gain: 1, but for the FFN's Sub-LayerNorm under ``width_scaled`` (see the class)."""
+        if self.kind == "width_scaled" and ".ffn." in name and name.endswith(".inner_norm"):
+            return nn.init.constant_(weight, GEGLU_RMS_WIDTH_SCALED)
+        return nn.init.ones_(weight)
+
     def embedding_(self, t: torch.Tensor) -> torch.Tensor:
         """Token and CLS embeddings (no fan-in)."""
         return trunc_normal_(t) if self.kind == "reference" else nn.init.normal_(t, std=INIT_STD)
@@ -81,7 +95,8 @@ def init_module(module: nn.Module, scheme: InitScheme = InitScheme(), name: str 
     Our own modules define ``init_weights()`` for all they hold (including what they keep in a
     ``ParameterDict``). Torch layers: linear weights and embedding weights as ``scheme`` says (the
     reference: truncated normal, std the model's ``init_std`` for linear weights and 0.02 for embeddings,
-    which have no fan-in); biases 0; LayerNorm 1/0; conv weights PyTorch's fan-in init.
+    which have no fan-in); biases 0; LayerNorm gains as ``scheme`` says (1 but for ``width_scaled``'s FFN
+    Sub-LayerNorm), biases 0; conv weights PyTorch's fan-in init.
     """
     with torch.no_grad():
         if callable(getattr(module, "init_weights", None)):
@@ -94,7 +109,7 @@ def init_module(module: nn.Module, scheme: InitScheme = InitScheme(), name: str 
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
             module.reset_parameters()
         elif is_layer_norm(module) and getattr(module, "weight", None) is not None:
-            nn.init.ones_(module.weight)
+            scheme.layer_norm_(name, module.weight)
         has_bias = isinstance(getattr(module, "bias", None), torch.Tensor)
         if has_bias and (isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_layer_norm(module)):
             nn.init.zeros_(module.bias)

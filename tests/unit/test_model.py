@@ -9,6 +9,7 @@ import torch
 from onepeace.config import model_config
 from onepeace.model import OnePeace
 from onepeace.model.accounting import forward_flops, parameter_groups, vision_branch_params
+from onepeace.model.init import GEGLU_RMS_WIDTH_SCALED
 
 
 @pytest.fixture
@@ -121,6 +122,8 @@ def test_initialisation_follows_the_reference():
             assert (p == 0).all()
         if name.endswith("gamma1"):
             assert torch.allclose(p, torch.full_like(p, model.config.layer_scale_init))
+        if "norm" in name and name.endswith(".weight"):  # every LayerNorm gain 1, Sub-LayerNorms included
+            assert (p == 1).all(), name
 
 
 def test_reference_init_outside_the_tiny_preset():
@@ -152,6 +155,26 @@ def test_tiny_uses_open_clips_width_scaled_init():
         p = params[name]
         assert abs(float(p.std()) / std - 1) < 0.15, (name, float(p.std()), std)
         assert p.abs().max() > 2 * std, name  # a normal's tails: not cut at one std
+
+
+def test_width_scaled_ffn_sub_layernorm_starts_at_the_rms_of_its_input():
+    """So the norm does not scale the FFN branch up at init (docs/learning.md): measured on the model's own
+    forward of text and images, in every layer, against the constant the scheme derives."""
+    torch.manual_seed(0)
+    model = OnePeace(model_config("tiny", modalities=["text", "image"])).eval()
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append(float(args[0].pow(2).mean().sqrt())))
+             for name, m in model.encoder.named_modules() if ".ffn." in name and name.endswith(".inner_norm")]
+    with torch.no_grad():
+        model.encode_text(torch.randint(1, 1000, (8, 20)))
+        model.encode_image(torch.randn(8, 3, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) == 4 and all(abs(rms / GEGLU_RMS_WIDTH_SCALED - 1) < 0.1 for rms in seen), seen
+    gains = {name: p.detach() for name, p in model.named_parameters() if name.endswith("inner_norm.weight")}
+    assert {name for name in gains if ".ffn." in name} and {name for name in gains if ".attn." in name}
+    for name, gain in gains.items():
+        assert (gain == (GEGLU_RMS_WIDTH_SCALED if ".ffn." in name else 1.0)).all(), name
 
 
 def test_bf16_autocast_and_bf16_parameters():
