@@ -8,6 +8,9 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/$(VENV)/torch_extensions
 # xformers (a CUDA attention backend) only where CUDA exists: CPU machines never download it.
 EXTRAS ?= dev$(shell command -v nvidia-smi >/dev/null 2>&1 && echo ,xformers)
 PYTEST_ARGS ?=
+# The suite runs on two workers (pytest-xdist), a file per worker at a time: many end-to-end tests wait on
+# process start-up, signals and schedulers, and the other worker uses that time.
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 .PHONY: venv test lint demo clean-venv
@@ -25,7 +28,7 @@ $(STAMP): $(PY) setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # pyflakes and pycodestyle's error classes (pyproject.toml [tool.ruff]); no style rules.
 lint: $(STAMP)
