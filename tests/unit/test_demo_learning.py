@@ -4,7 +4,7 @@ corpus) must lift held-out R@1 clearly above chance in all four directions, imag
 
 This guards the learning speed itself (docs/learning.md): with the tiny preset's Linear init at the
 reference's std 0.02 the model sits on the contrastive plateau for hundreds of steps and this test
-fails. The full target (5x chance after the demo's 800 steps) is what ``python -m onepeace.demo --corpus
+fails. The full target (5x chance after the demo's 400 steps) is what ``python -m onepeace.demo --corpus
 NAME`` checks.
 """
 
